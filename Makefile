@@ -1,0 +1,45 @@
+# Two commands do all the set-up on a fresh machine with python3:
+#   make book   create .venv, install the course environment, execute every notebook, build _build/html
+#   make test   the same venv plus the test tools, then every test (unit, property, PyTorch, doctest, nbval)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+# Sources whose change means the editable install (and its compiled kernel) must be rebuilt.
+PKG_SOURCES := pyproject.toml setup.py pooling_lib/_kernels.pyx
+
+.PHONY: all book test venv bench homework clean distclean
+
+all: test book
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.book-deps: $(PY) requirements.txt $(PKG_SOURCES)
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.test-deps: $(VENV)/.book-deps requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.test-deps
+
+book: $(VENV)/.book-deps
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+test: $(VENV)/.test-deps
+	$(PY) -m pytest tests pooling_lib --doctest-modules
+	@notebooks="$$($(PY) tests/toc_notebooks.py)"; \
+	if [ -z "$$notebooks" ]; then echo "nbval: _toc.yml lists no notebook yet"; \
+	else echo "nbval over:" $$notebooks; $(PY) -m pytest --nbval $$notebooks; fi
+
+bench: $(VENV)/.test-deps
+	$(PY) -m pooling_lib.bench
+
+clean:
+	rm -rf _build build pooling_lib/_kernels.c pooling_lib/*.so pooling_lib/*.html
+
+distclean: clean
+	rm -rf $(VENV)

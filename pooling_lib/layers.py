@@ -1,0 +1,96 @@
+"""Pooling layers with a forward/backward contract, in the style of CS231n's ``layers.py``.
+
+``forward(x)`` computes the output and caches what ``backward`` needs (the input); ``backward(grad_out)``
+returns the gradient with respect to that input. A layer holds no weights, so there is nothing else to learn.
+Every method goes through :mod:`pooling_lib.functional`, so validation and semantics are the functions'.
+"""
+from . import functional as F
+
+__all__ = ["MaxPool2d", "MinPool2d", "AvgPool2d", "GlobalMaxPool2d", "GlobalAvgPool2d"]
+
+
+class _Pool:
+    """Shared plumbing: call ``forward``, cache ``x``, hand the cached ``x`` to ``backward``."""
+
+    _forward = None  # set by subclasses to a functional forward/backward pair
+    _backward = None
+
+    def __init__(self, **options):
+        self.options = options
+        self._x = None
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}({args})"
+
+    def forward(self, x):
+        """Pool ``x`` and remember it for :meth:`backward`."""
+        out = type(self)._forward(x, **self.options)
+        self._x = x
+        return out
+
+    __call__ = forward
+
+    def backward(self, grad_out):
+        """Gradient of the loss with respect to the input of the last :meth:`forward` call."""
+        if self._x is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward: there is no input to differentiate")
+        return type(self)._backward(grad_out, self._x, **self.options)
+
+
+class MaxPool2d(_Pool):
+    """Max pooling layer; the options are those of :func:`pooling_lib.max_pool2d` (no ``return_indices``).
+
+    >>> import numpy as np
+    >>> pool = MaxPool2d(2)
+    >>> pool(np.arange(16.).reshape(1, 1, 4, 4))[0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]])
+    >>> pool.backward(np.ones((1, 1, 2, 2)))[0, 0, :2]
+    array([[0., 0., 0., 0.],
+           [0., 1., 0., 1.]])
+    """
+
+    _forward = staticmethod(F.max_pool2d)
+    _backward = staticmethod(F.max_pool2d_backward)
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, layout="NCHW", backend="auto"):
+        super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         ceil_mode=ceil_mode, layout=layout, backend=backend)
+
+
+class MinPool2d(MaxPool2d):
+    """Min pooling layer, the mirror of :class:`MaxPool2d`."""
+
+    _forward = staticmethod(F.min_pool2d)
+    _backward = staticmethod(F.min_pool2d_backward)
+
+
+class AvgPool2d(_Pool):
+    """Average pooling layer; the options are those of :func:`pooling_lib.avg_pool2d`."""
+
+    _forward = staticmethod(F.avg_pool2d)
+    _backward = staticmethod(F.avg_pool2d_backward)
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None, layout="NCHW", backend="auto"):
+        super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                         count_include_pad=count_include_pad, divisor_override=divisor_override,
+                         layout=layout, backend=backend)
+
+
+class GlobalMaxPool2d(_Pool):
+    """Global max pooling layer: ``(N, C, H, W) -> (N, C)``."""
+
+    _forward = staticmethod(F.global_max_pool2d)
+    _backward = staticmethod(F.global_max_pool2d_backward)
+
+    def __init__(self, layout="NCHW"):
+        super().__init__(layout=layout)
+
+
+class GlobalAvgPool2d(GlobalMaxPool2d):
+    """Global average pooling layer: ``(N, C, H, W) -> (N, C)``."""
+
+    _forward = staticmethod(F.global_avg_pool2d)
+    _backward = staticmethod(F.global_avg_pool2d_backward)

@@ -1,0 +1,111 @@
+"""The NumPy tier: vectorised, with no Python loop over N, C, H or W.
+
+The only Python loop runs over the ``kernel_h * kernel_w`` taps of a window. For tap ``(a, b)`` the strided
+view ``xp[:, :, a*d_h : ... : s_h, b*d_w : ... : s_w]`` holds that tap of *every* window at once, so a
+running maximum (or sum) over the taps pools the whole batch. The update rule is the naive tier's, applied
+elementwise, so the results are bit-identical to it.
+"""
+import numpy as np
+
+__all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"]
+
+
+def _pad_amounts(g):
+    """Padding ``(top, bottom, left, right)`` so that every window, ceil_mode ones included, lies inside."""
+    need_h = (g.out_h - 1) * g.stride_h + g.dilation_h * (g.kernel_h - 1) + 1
+    need_w = (g.out_w - 1) * g.stride_w + g.dilation_w * (g.kernel_w - 1) + 1
+    bottom = max(need_h - g.H - g.pad_h, 0)
+    right = max(need_w - g.W - g.pad_w, 0)
+    return g.pad_h, bottom, g.pad_w, right
+
+
+def _padded(x, g, fill):
+    top, bottom, left, right = _pad_amounts(g)
+    if top == bottom == left == right == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=fill)
+
+
+def _tap_views(xp, g, dilation=True):
+    """Yield ``(a, b, view)`` for every tap of the window, in row-major order."""
+    dh = g.dilation_h if dilation else 1
+    dw = g.dilation_w if dilation else 1
+    h_stop = (g.out_h - 1) * g.stride_h + 1
+    w_stop = (g.out_w - 1) * g.stride_w + 1
+    for a in range(g.kernel_h):
+        for b in range(g.kernel_w):
+            yield a, b, xp[:, :, a * dh : a * dh + h_stop : g.stride_h, b * dw : b * dw + w_stop : g.stride_w]
+
+
+def _first_real_tap(start, dilation):
+    """First tap coordinate at or after ``start`` that is not in the top/left padding (PyTorch's initial index)."""
+    behind = np.maximum(-start, 0)
+    return start + -(-behind // dilation) * dilation
+
+
+def max_pool_forward(x, g, minimum=False, return_indices=True):
+    """Max (min) pooling as a running maximum over the window's taps. Returns ``(out, indices or None)``."""
+    worst = np.inf if minimum else -np.inf
+    xp = _padded(x, g, worst)  # padding holds -inf (+inf for min): it can never replace the running best
+    better = np.less if minimum else np.greater
+    best = np.full(g.out_shape, worst, dtype=x.dtype)
+    if return_indices:
+        rows0 = np.arange(g.out_h) * g.stride_h - g.pad_h
+        cols0 = np.arange(g.out_w) * g.stride_w - g.pad_w
+        index = (_first_real_tap(rows0, g.dilation_h)[:, None] * g.W + _first_real_tap(cols0, g.dilation_w)[None, :])
+        index = np.broadcast_to(index, g.out_shape).astype(np.int64)
+        tap_index = rows0[:, None] * g.W + cols0[None, :]
+    for a, b, view in _tap_views(xp, g):
+        take = better(view, best)
+        take |= np.isnan(view)
+        np.copyto(best, view, where=take)
+        if return_indices:
+            np.copyto(index, tap_index + (a * g.dilation_h * g.W + b * g.dilation_w), where=take)
+    return best, (index if return_indices else None)
+
+
+def max_pool_backward(grad_out, x, g, minimum=False):
+    """Scatter-add each window's gradient to its winner, in row-major window order (as PyTorch)."""
+    _, index = max_pool_forward(x, g, minimum)
+    plane = g.H * g.W
+    flat = index.reshape(g.N * g.C, -1) + (np.arange(g.N * g.C, dtype=np.int64) * plane)[:, None]
+    grad_x = np.zeros(g.N * g.C * plane, dtype=x.dtype)
+    np.add.at(grad_x, flat.ravel(), np.ascontiguousarray(grad_out).ravel())
+    return grad_x.reshape(g.N, g.C, g.H, g.W)
+
+
+def avg_divisors(g, count_include_pad=True, divisor_override=None):
+    """The ``(out_h, out_w)`` array of divisors PyTorch uses for each window."""
+    if divisor_override is not None:
+        return np.full((g.out_h, g.out_w), divisor_override, dtype=np.int64)
+
+    def sizes(out, stride, pad, kernel, length):
+        start = np.arange(out) * stride - pad
+        end = np.minimum(start + kernel, length + pad)
+        if count_include_pad:
+            return end - start
+        return np.minimum(end, length) - np.maximum(start, 0)
+
+    rows = sizes(g.out_h, g.stride_h, g.pad_h, g.kernel_h, g.H)
+    cols = sizes(g.out_w, g.stride_w, g.pad_w, g.kernel_w, g.W)
+    return rows[:, None] * cols[None, :]
+
+
+def avg_pool_forward(x, g, count_include_pad=True, divisor_override=None):
+    """Sum the taps (zero padding adds nothing), then divide by PyTorch's divisor."""
+    xp = _padded(x, g, 0)
+    total = np.zeros(g.out_shape, dtype=x.dtype)
+    for _, _, view in _tap_views(xp, g, dilation=False):
+        total += view
+    total /= avg_divisors(g, count_include_pad, divisor_override).astype(x.dtype)
+    return total
+
+
+def avg_pool_backward(grad_out, g, dtype, count_include_pad=True, divisor_override=None):
+    """Add each window's ``grad_out / divisor`` to every tap's cell, then cut the padding off."""
+    share = grad_out / avg_divisors(g, count_include_pad, divisor_override).astype(dtype)
+    top, bottom, left, right = _pad_amounts(g)
+    grad_p = np.zeros((g.N, g.C, g.H + top + bottom, g.W + left + right), dtype=dtype)
+    for _, _, view in _tap_views(grad_p, g, dilation=False):
+        view += share
+    return grad_p[:, :, top : top + g.H, left : left + g.W]

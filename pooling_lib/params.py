@@ -1,0 +1,266 @@
+"""Argument normalisation and validation, done once, before any tier runs.
+
+Every public function in :mod:`pooling_lib.functional` calls into this module first. It turns the
+user's arguments (ints or pairs, ``stride=None``, a layout name) into one :class:`PoolGeometry`,
+and raises a :class:`ValueError` or :class:`TypeError` that names the argument and the rule it broke.
+The compiled kernels run with bounds checks off, so nothing reaches them that this module has not checked.
+"""
+from __future__ import annotations
+
+import numbers
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "LAYOUTS",
+    "PoolGeometry",
+    "pool2d_output_size",
+    "as_pair",
+    "check_input",
+    "check_layout",
+    "check_grad_out",
+    "check_divisor_override",
+    "to_nchw",
+    "from_nchw",
+    "pool_geometry",
+]
+
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def _as_int(value, name):
+    """Return ``value`` as a Python int, or raise TypeError naming ``name``.
+
+    Accepts Python and NumPy integers; rejects bools, floats (even 2.0) and everything else.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r} of type {type(value).__name__}")
+    return operator.index(value)
+
+
+def as_pair(value, name):
+    """Normalise an int or a pair of ints to a ``(height, width)`` tuple of Python ints.
+
+    >>> as_pair(3, "kernel_size")
+    (3, 3)
+    >>> as_pair((2, 3), "stride")
+    (2, 3)
+    """
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got a sequence of length {len(value)}: {value!r}")
+        return (_as_int(value[0], name), _as_int(value[1], name))
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be an int or a pair of ints, got an array; pass a tuple instead")
+    v = _as_int(value, name)
+    return (v, v)
+
+
+def _positive_pair(value, name):
+    pair = as_pair(value, name)
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return pair
+
+
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def pool2d_output_size(input_size, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Number of window positions along one or two axes, exactly as PyTorch counts them.
+
+    .. math:: L_\\text{out} = \\left\\lfloor \\frac{L + 2p - d(k-1) - 1}{s} \\right\\rfloor + 1
+
+    With ``ceil_mode=True`` the division rounds up, but a last window that would *start* in the
+    right-hand padding is dropped (it would contain no input cell).
+
+    Parameters
+    ----------
+    input_size : int or (int, int)
+        ``L`` (or ``(H, W)``), the length of the unpadded input along the axis.
+    kernel_size, stride, padding, dilation : int or (int, int)
+        Window size ``k``, step ``s`` (``None`` means ``kernel_size``), zero-padding ``p`` on each side,
+        and spacing ``d`` between the window's taps.
+    ceil_mode : bool
+        Round the division up instead of down.
+
+    Returns
+    -------
+    int or (int, int)
+        An int when ``input_size`` is an int, else a pair. The result may be zero or negative when the
+        window does not fit; :func:`pool_geometry` turns that into a ValueError.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For non-integer or non-positive ``kernel_size``, ``stride``, ``dilation``, negative ``padding``
+        or ``input_size``.
+
+    Examples
+    --------
+    >>> pool2d_output_size(14, 3, 2)
+    6
+    >>> pool2d_output_size(5, 2, 2, ceil_mode=True)
+    3
+    >>> pool2d_output_size((56, 56), 3, 2, padding=1)
+    (28, 28)
+    """
+    scalar = not isinstance(input_size, (tuple, list))
+    sizes = as_pair(input_size, "input_size")
+    if min(sizes) < 0:
+        raise ValueError(f"input_size must be non-negative, got {input_size!r}")
+    k = _positive_pair(kernel_size, "kernel_size")
+    s = k if stride is None else _positive_pair(stride, "stride")
+    p = as_pair(padding, "padding")
+    if min(p) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
+    d = _positive_pair(dilation, "dilation")
+    ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+    out = tuple(_output_length(*args, ceil_mode) for args in zip(sizes, k, s, p, d))
+    return out[0] if scalar else out
+
+
+def _output_length(length, k, s, p, d, ceil_mode):
+    span = length + 2 * p - d * (k - 1) - 1  # room left for the window's first tap to move
+    if ceil_mode:
+        out = -(-span // s) + 1  # ceiling division
+        # PyTorch: the last window must start inside the input or the left padding, never in the right padding.
+        if (out - 1) * s >= length + p:
+            out -= 1
+    else:
+        out = span // s + 1
+    return out
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Everything a tier needs to know about one pooling call, already checked.
+
+    Sizes are for the NCHW view of the input: ``N`` images, ``C`` channels, ``H`` x ``W`` plane,
+    ``out_h`` x ``out_w`` windows of ``kernel_h`` x ``kernel_w`` taps.
+    """
+
+    N: int
+    C: int
+    H: int
+    W: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dilation_h: int
+    dilation_w: int
+    out_h: int
+    out_w: int
+    ceil_mode: bool
+
+    @property
+    def out_shape(self):
+        """Shape of the pooled output in NCHW order."""
+        return (self.N, self.C, self.out_h, self.out_w)
+
+
+def check_layout(layout):
+    """Return ``layout`` if it is "NCHW" or "NHWC", else raise ValueError."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return layout
+
+
+def check_input(x, name="x", ndim=4):
+    """Return ``x`` as a float32 or float64 ndarray, or raise.
+
+    float32 and float64 keep their dtype; every other real dtype (integers, bool, float16) is
+    converted to float64. Complex, object, string and other non-real dtypes are a TypeError.
+    """
+    if not isinstance(x, np.ndarray):
+        if isinstance(x, (list, tuple, numbers.Number)):
+            x = np.asarray(x)
+        else:
+            raise TypeError(f"{name} must be a NumPy array, got {type(x).__name__}")
+    kind = x.dtype.kind
+    if kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (float32, float64, an integer or bool dtype), got dtype {x.dtype}")
+    if x.dtype != np.float32 and x.dtype != np.float64:
+        x = x.astype(np.float64)
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array, got ndim={x.ndim} with shape {x.shape}")
+    return x
+
+
+def to_nchw(x, layout):
+    """A view of ``x`` with axes in NCHW order (no copy)."""
+    return x.transpose(0, 3, 1, 2) if layout == "NHWC" else x
+
+
+def from_nchw(y, layout):
+    """A view of an NCHW-ordered array in the caller's ``layout`` (no copy)."""
+    return y.transpose(0, 2, 3, 1) if layout == "NHWC" else y
+
+
+def check_divisor_override(divisor_override):
+    if divisor_override is None:
+        return None
+    value = _as_int(divisor_override, "divisor_override")
+    if value == 0:
+        raise ValueError("divisor_override must be a non-zero int or None, got 0")
+    return value
+
+
+def pool_geometry(x_nchw, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, layout="NCHW"):
+    """Validate the pooling arguments against an NCHW view of the input and return a :class:`PoolGeometry`.
+
+    Rules, each a ValueError or TypeError naming the argument:
+    ``kernel_size``, ``stride`` and ``dilation`` are positive ints or pairs; ``padding`` is a
+    non-negative int or pair of at most half the kernel size (``padding <= kernel_size // 2``, as PyTorch);
+    the dilated window must fit the padded input (at least one output position); ``H`` and ``W`` and ``C`` are
+    at least 1 (``N`` may be 0).
+    """
+    k = _positive_pair(kernel_size, "kernel_size")
+    s = k if stride is None else _positive_pair(stride, "stride")
+    p = as_pair(padding, "padding")
+    if min(p) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(
+            f"padding must be at most half of kernel_size (padding <= kernel_size // 2), "
+            f"got padding={padding!r} with kernel_size={kernel_size!r}"
+        )
+    d = _positive_pair(dilation, "dilation")
+    ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+    N, C, H, W = x_nchw.shape
+    if C < 1 or H < 1 or W < 1:
+        shape = x_nchw.shape if layout == "NCHW" else (N, H, W, C)
+        raise ValueError(f"x must have at least one channel, row and column, got shape {shape} ({layout})")
+    out_h = _output_length(H, k[0], s[0], p[0], d[0], ceil_mode)
+    out_w = _output_length(W, k[1], s[1], p[1], d[1], ceil_mode)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"kernel_size={kernel_size!r} with dilation={dilation!r} is larger than the padded input "
+            f"(H={H}, W={W}, padding={padding!r}): the output size would be ({out_h}, {out_w}); "
+            f"the dilated window d*(k-1)+1 must be at most H + 2*padding"
+        )
+    return PoolGeometry(N, C, H, W, *k, *s, *p, *d, out_h, out_w, ceil_mode)
+
+
+def check_grad_out(grad_out, expected_nchw_shape, dtype, layout):
+    """Return ``grad_out`` as an NCHW view of dtype ``dtype``; its shape must equal the forward output's.
+
+    ``expected_nchw_shape`` is the forward output's shape in NCHW order; ``grad_out`` is given in ``layout``.
+    """
+    grad_out = check_input(grad_out, "grad_out", ndim=len(expected_nchw_shape))
+    expected = expected_nchw_shape
+    if layout == "NHWC" and len(expected) == 4:
+        expected = (expected[0], expected[2], expected[3], expected[1])
+    if grad_out.shape != tuple(expected):
+        raise ValueError(
+            f"grad_out must have the shape of the forward output, {tuple(expected)} ({layout}), got {grad_out.shape}"
+        )
+    return to_nchw(grad_out.astype(dtype, copy=False), layout)

@@ -1,0 +1,64 @@
+"""Build the optional Cython extension ``pooling_lib._kernels``.
+
+OpenMP is used when the compiler accepts ``-fopenmp``; otherwise the kernels are built single-threaded.
+If no compiler is present at all, the extension is skipped (``optional=True``) and ``pooling_lib`` runs on
+its NumPy tier, saying so once when it is imported.
+"""
+import os
+import sys
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+OPENMP_PROBE = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+
+
+def compiler_has_openmp(compiler):
+    """Return True when the C compiler compiles and links a tiny OpenMP program."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(OPENMP_PROBE)
+        try:
+            objects = compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
+            compiler.link_executable(objects, os.path.join(tmp, "probe"), extra_postargs=["-fopenmp"])
+        except Exception:  # CompileError, LinkError, or no compiler at all
+            return False
+    return True
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        if self.compiler.compiler_type == "msvc":
+            flags, link_flags = ["/O2", "/openmp"], []
+        else:
+            flags = ["-O3"]
+            link_flags = []
+            if compiler_has_openmp(self.compiler):
+                flags.append("-fopenmp")
+                link_flags.append("-fopenmp")
+            else:
+                print("pooling_lib: the compiler has no OpenMP; building the kernels single-threaded", file=sys.stderr)
+        for ext in self.extensions:
+            ext.extra_compile_args = flags + ext.extra_compile_args
+            ext.extra_link_args = link_flags + ext.extra_link_args
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        "pooling_lib._kernels",
+        ["pooling_lib/_kernels.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        optional=True,
+    )
+]
+
+setup(
+    ext_modules=cythonize(extensions, language_level=3, compiler_directives={"embedsignature": True}),
+    cmdclass={"build_ext": BuildExt},
+)
