@@ -33,7 +33,7 @@ test: $(VENV)/.test-deps
 	$(PY) -m pytest tests pooling_lib --doctest-modules
 	@notebooks="$$($(PY) tests/toc_notebooks.py)"; \
 	if [ -z "$$notebooks" ]; then echo "nbval: _toc.yml lists no notebook yet"; \
-	else echo "nbval over:" $$notebooks; $(PY) -m pytest --nbval --nbval-current-env -n 2 --dist loadscope $$notebooks; fi
+	else echo "nbval over:" $$notebooks; $(PY) -m pytest --nbval --nbval-current-env -n 2 --dist loadfile $$notebooks; fi
 
 bench: $(VENV)/.test-deps
 	$(PY) -m pooling_lib.bench

@@ -220,8 +220,9 @@ def pool_geometry(x_nchw, kernel_size, stride=None, padding=0, dilation=1, ceil_
     Rules, each a ValueError or TypeError naming the argument:
     ``kernel_size``, ``stride`` and ``dilation`` are positive ints or pairs; ``padding`` is a
     non-negative int or pair of at most half the kernel size (``padding <= kernel_size // 2``, as PyTorch);
-    the dilated window must fit the padded input (at least one output position); ``H`` and ``W`` and ``C`` are
-    at least 1 (``N`` may be 0).
+    the dilated window must fit the padded input (at least one output position) and every window must cover at
+    least one input cell (a dilation larger than the input can step over all of them); ``H`` and ``W`` and ``C``
+    are at least 1 (``N`` may be 0).
     """
     k = _positive_pair(kernel_size, "kernel_size")
     s = k if stride is None else _positive_pair(stride, "stride")
@@ -244,10 +245,34 @@ def pool_geometry(x_nchw, kernel_size, stride=None, padding=0, dilation=1, ceil_
     if out_h < 1 or out_w < 1:
         raise ValueError(
             f"kernel_size={kernel_size!r} with dilation={dilation!r} is larger than the padded input "
-            f"(H={H}, W={W}, padding={padding!r}): the output size would be ({out_h}, {out_w}); "
-            f"the dilated window d*(k-1)+1 must be at most H + 2*padding"
+            f"(H={H}, W={W}, padding={padding!r}, stride={stride!r}, ceil_mode={ceil_mode}): the output size "
+            f"would be ({out_h}, {out_w}); it must be at least 1 along each axis"
         )
+    for axis, length, kk, ss, pp, dd, out in (("H", H, k[0], s[0], p[0], d[0], out_h), ("W", W, k[1], s[1], p[1], d[1], out_w)):
+        empty = _first_empty_window(length, kk, ss, pp, dd, out)
+        if empty is not None:
+            raise ValueError(
+                f"dilation={dilation!r} is too large for the input ({axis}={length}) with kernel_size={kernel_size!r}, "
+                f"padding={padding!r}: window {empty} along {axis} has every tap in the padding; "
+                f"every window must cover at least one input cell"
+            )
     return PoolGeometry(N, C, H, W, *k, *s, *p, *d, out_h, out_w, ceil_mode)
+
+
+def _first_empty_window(length, k, s, p, d, out):
+    """Index of the first window (along one axis) whose taps all fall in the padding, or None.
+
+    This can only happen when the dilation exceeds the input length: the taps step over every real cell.
+    PyTorch returns -inf with an index outside the plane for such a window; pooling_lib refuses it instead.
+    """
+    if d <= length:
+        return None
+    for t in range(out):
+        start = t * s - p
+        first_real = start + -(-max(-start, 0) // d) * d
+        if first_real >= length or first_real > start + d * (k - 1):
+            return t
+    return None
 
 
 def check_grad_out(grad_out, expected_nchw_shape, dtype, layout):
