@@ -306,11 +306,12 @@ def _unsqueeze(grad_out, x, layout):
     return grad_out[:, :, None, None] if layout == "NCHW" else grad_out[:, None, None, :]
 
 
-def global_max_pool2d(x, layout="NCHW"):
+def global_max_pool2d(x, layout="NCHW", backend="auto"):
     """Global max pooling: the maximum of each channel's whole plane, shape ``(N, C)``.
 
     The same as ``torch.nn.functional.adaptive_max_pool2d(x, 1)`` without the trailing 1 x 1 axes: it is max
-    pooling with one window that covers the plane, so NaN and ties behave as in :func:`max_pool2d`.
+    pooling with one window that covers the plane, so NaN and ties behave as in :func:`max_pool2d`. ``layout`` and
+    ``backend`` are as for :func:`max_pool2d`.
 
     Examples
     --------
@@ -319,10 +320,10 @@ def global_max_pool2d(x, layout="NCHW"):
     array([[3., 7.]])
     """
     x, kernel = _global_kernel(x, layout)
-    return _squeeze(max_pool2d(x, kernel, layout=layout), layout)
+    return _squeeze(max_pool2d(x, kernel, layout=layout, backend=backend), layout)
 
 
-def global_max_pool2d_backward(grad_out, x, layout="NCHW"):
+def global_max_pool2d_backward(grad_out, x, layout="NCHW", backend="auto"):
     """Gradient of :func:`global_max_pool2d`: each ``grad_out[n, c]`` goes to the plane's first maximum only.
 
     Examples
@@ -333,10 +334,10 @@ def global_max_pool2d_backward(grad_out, x, layout="NCHW"):
              [0., 0.]]]])
     """
     x, kernel = _global_kernel(x, layout)
-    return max_pool2d_backward(_unsqueeze(grad_out, x, layout), x, kernel, layout=layout)
+    return max_pool2d_backward(_unsqueeze(grad_out, x, layout), x, kernel, layout=layout, backend=backend)
 
 
-def global_avg_pool2d(x, layout="NCHW"):
+def global_avg_pool2d(x, layout="NCHW", backend="auto"):
     """Global average pooling: the mean of each channel's plane, shape ``(N, C)``.
 
     The same as ``torch.nn.functional.adaptive_avg_pool2d(x, 1)`` without the trailing 1 x 1 axes (equal up to
@@ -349,10 +350,10 @@ def global_avg_pool2d(x, layout="NCHW"):
     array([[1.5, 5.5]])
     """
     x, kernel = _global_kernel(x, layout)
-    return _squeeze(avg_pool2d(x, kernel, layout=layout), layout)
+    return _squeeze(avg_pool2d(x, kernel, layout=layout, backend=backend), layout)
 
 
-def global_avg_pool2d_backward(grad_out, x, layout="NCHW"):
+def global_avg_pool2d_backward(grad_out, x, layout="NCHW", backend="auto"):
     """Gradient of :func:`global_avg_pool2d`: ``grad_out[n, c] / (H * W)`` to every cell of the plane.
 
     Examples
@@ -363,4 +364,4 @@ def global_avg_pool2d_backward(grad_out, x, layout="NCHW"):
              [1., 1.]]]])
     """
     x, kernel = _global_kernel(x, layout)
-    return avg_pool2d_backward(_unsqueeze(grad_out, x, layout), x, kernel, layout=layout)
+    return avg_pool2d_backward(_unsqueeze(grad_out, x, layout), x, kernel, layout=layout, backend=backend)

@@ -85,8 +85,8 @@ class GlobalMaxPool2d(_Pool):
     _forward = staticmethod(F.global_max_pool2d)
     _backward = staticmethod(F.global_max_pool2d_backward)
 
-    def __init__(self, layout="NCHW"):
-        super().__init__(layout=layout)
+    def __init__(self, layout="NCHW", backend="auto"):
+        super().__init__(layout=layout, backend=backend)
 
 
 class GlobalAvgPool2d(GlobalMaxPool2d):
