@@ -38,6 +38,9 @@ test: $(VENV)/.test-deps
 bench: $(VENV)/.test-deps
 	$(PY) -m pooling_lib.bench
 
+homework: $(VENV)/.book-deps
+	$(PY) tools/make_homework.py
+
 clean:
 	rm -rf _build build pooling_lib/_kernels.c pooling_lib/*.so pooling_lib/*.html
 

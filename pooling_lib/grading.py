@@ -1,0 +1,631 @@
+"""Homework checks, and the command that grades filled-in homework notebooks.
+
+In a notebook, each exercise ends with a check cell::
+
+    from pooling_lib.grading import check_max_pool_backward
+    check_max_pool_backward(max_pool_backward)
+
+A check runs the student's function over a battery of small cases (ties, overlapping windows, padding,
+all-negative inputs, float32 and float64, odd shapes) and compares each answer with ``pooling_lib``'s. It never
+raises on a wrong answer: it returns a :class:`CheckResult` (``passed``, ``score``, ``message``) that the
+notebook displays, and whose message names the FIRST failing case in plain words: the call, the expected and
+the actual result, and a hint naming the likely mistake. The hint comes from a diagnosis: the grader also runs
+known-wrong versions of the function (zero padding, ``=`` instead of ``+=``, the gradient sent to every tied
+maximum, stride confused with kernel size, no floor, dividing by k*k, float64 output for float32 input, ...)
+and says which one the student's answer matches. A function that still raises ``NotImplementedError`` is
+reported as "not implemented yet".
+
+Teachers grade a folder of submissions with::
+
+    python -m pooling_lib.grading submissions/*.ipynb
+
+which executes each notebook in a fresh kernel (``nbclient``, needed only for this command), then runs every
+exercise's check once more itself, on the functions the notebook defined, and prints a score per exercise
+and a total. The exit status is 0 only when every check of every notebook passed.
+
+How the grader reads results back: after the notebook's own cells it runs one extra cell that calls
+:func:`_report` with a fresh random token; the report is one ``display_data`` output of the private MIME type
+``application/vnd.pooling-lib.grading+json`` carrying that token. Nothing a student prints can be mistaken
+for it, and a check cell the student deleted or edited does not matter: the grader runs the checks itself.
+Which exercises a notebook holds is read from its metadata (``pooling_homework.exercises``, written by
+``tools/make_homework.py``), from the ``check_<name>(`` calls in its cells, and from an ``exNN`` in its name.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import linecache
+import os
+import re
+import secrets
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ._grading_cases import EXERCISES, _tolerance, library_calls
+
+__all__ = [
+    "CheckResult",
+    "run_check",
+    "EXERCISES",
+    "exercises_for_chapter",
+    "check_shift_agreement",
+    "check_output_size",
+    "check_max_pool_forward",
+    "check_min_pool_forward",
+    "check_max_pool_backward",
+    "check_avg_pool_backward",
+    "check_global_max_pool_backward",
+    "check_adaptive_avg_pool2d",
+    "check_max_pool_vectorized",
+    "check_max_pool_cython",
+    "check_memory_bound",
+    "NotebookGrade",
+    "notebook_exercises",
+    "grade_notebook",
+    "main",
+]
+
+MIME_TYPE = "application/vnd.pooling-lib.grading+json"
+NOT_IMPLEMENTED = "not implemented yet"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The result of one check
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class CheckResult:
+    """The outcome of one check: shown in the notebook, read back by the grading command.
+
+    Attributes
+    ----------
+    exercise : str
+        The exercise's name (the student's function name).
+    status : str
+        ``"passed"``, ``"failed"`` or ``"not implemented yet"``.
+    score, points : float
+        Points earned and available: full points when every case passes, otherwise the fraction of cases passed
+        (rounded to 0.01), zero when not implemented.
+    message : str
+        Plain words: for a failure, the first failing case, expected and actual result, and a hint.
+    cases_passed, cases_total : int
+    """
+
+    exercise: str
+    status: str
+    score: float
+    points: float
+    message: str
+    cases_passed: int = 0
+    cases_total: int = 0
+
+    @property
+    def passed(self):
+        return self.status == "passed"
+
+    def __bool__(self):
+        return self.passed
+
+    def headline(self):
+        if self.status == "passed":
+            tail = f" (all {self.cases_total} checks passed)"
+        elif self.status == NOT_IMPLEMENTED:
+            tail = ""
+        else:
+            tail = f" ({self.cases_passed} of {self.cases_total} checks passed)"
+        return f"{self.exercise}: {self.status.upper()}{tail}, score {self.score:g}/{self.points:g}"
+
+    def __str__(self):
+        return self.headline() + ("\n" + self.message if self.message else "")
+
+    def __repr__(self):
+        return str(self)
+
+    def _repr_html_(self):
+        color = {"passed": "#2e7d32", "failed": "#c62828"}.get(self.status, "#616161")
+        body = f"<pre style='margin:0.4em 0 0 0;white-space:pre-wrap'>{html.escape(self.message)}</pre>" \
+            if self.message else ""
+        return (f"<div style='border-left:4px solid {color};padding:0.3em 0.8em'>"
+                f"<strong style='color:{color}'>{html.escape(self.headline())}</strong>{body}</div>")
+
+    def to_dict(self):
+        return asdict(self) | {"passed": self.passed}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Showing values and calls in plain words
+# ---------------------------------------------------------------------------------------------------------
+def _fmt(value, indent="    "):
+    """A value for a message: small arrays in full, large ones by shape and their first plane."""
+    if isinstance(value, np.ndarray):
+        with np.printoptions(precision=4, suppress=True, threshold=1000, linewidth=100, legacy=False):
+            if value.size <= 40 or value.ndim < 3:
+                text = np.array2string(value, separator=", ")
+                head = f"array of shape {value.shape}, dtype {value.dtype}:"
+            else:
+                lead = (0,) * (value.ndim - 2)
+                text = np.array2string(value[lead], separator=", ")
+                head = f"array of shape {value.shape}, dtype {value.dtype}; its plane {list(lead)} is:"
+        return head + "\n" + "\n".join(indent + line for line in text.splitlines())
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_fmt_short(v) for v in value) + ")"
+    return repr(value)
+
+
+def _fmt_short(value):
+    if isinstance(value, np.ndarray):
+        return f"<array of shape {value.shape}, dtype {value.dtype}>"
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return repr(value)
+
+
+def _fmt_result(value, ex):
+    """Results: a tuple of arrays shows each part in full (with its name)."""
+    parts = getattr(ex.result, "parts", None)
+    if parts and isinstance(value, (tuple, list)) and len(value) == len(parts):
+        return "\n".join(f"  {p.name} = {_fmt(v)}" for p, v in zip(parts, value))
+    return "  " + _fmt(value)
+
+
+def _first_difference(got, expected, mismatch):
+    """For arrays of the right shape: how many values differ, and the first one."""
+    if mismatch.what != "values":
+        return ""
+    if isinstance(got, (tuple, list)) and isinstance(expected, tuple):
+        got, expected = got[mismatch.component], expected[mismatch.component]
+    if not (isinstance(got, np.ndarray) and isinstance(expected, np.ndarray)) or got.shape != expected.shape \
+            or got.ndim == 0:
+        return ""
+    rtol, atol = (0.0, 0.0) if expected.dtype.kind in "iu" else _tolerance(expected.dtype)
+    with np.errstate(all="ignore"):
+        wrong = ~np.isclose(got.astype(np.float64), expected.astype(np.float64), rtol=rtol, atol=atol,
+                            equal_nan=True)
+    if not wrong.any():
+        return ""
+    first = tuple(int(i) for i in np.argwhere(wrong)[0])
+    return (f": {int(wrong.sum())} of {wrong.size} values differ, the first at index {first} "
+            f"(expected {_fmt_short(expected[first].item())}, got {_fmt_short(got[first].item())})")
+
+
+def _call_text(ex, case):
+    """``name(x, kernel_size=3, ...)``: arrays by name, scalars by value."""
+    shown = []
+    for name, value in zip(ex.params, case.args):
+        shown.append(name if isinstance(value, np.ndarray) else f"{name}={value!r}")
+    return f"{ex.name}({', '.join(shown)})"
+
+
+def _inputs_text(ex, case):
+    lines = []
+    for name, value in zip(ex.params, case.args):
+        if isinstance(value, np.ndarray):
+            lines.append(f"  {name} = {_fmt(value)}")
+    return "\n".join(lines)
+
+
+def _where_raised(exc):
+    """The last line of the student's own code in the traceback (not NumPy's or the grader's)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    here = os.path.dirname(os.path.abspath(__file__))
+    numpy_dir = os.path.dirname(np.__file__)
+    own = [f for f in frames if not f.filename.startswith((here, numpy_dir, sys.prefix, sys.base_prefix))]
+    if not own:
+        return ""
+    f = own[-1]
+    line = f.line or linecache.getline(f.filename, f.lineno).strip()
+    return f" (line {f.lineno}: {line})" if line else f" (line {f.lineno})"
+
+
+def _exception_hint(exc):
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, AttributeError) and re.search(r"'(float|int|bool|object|lib)'|has no attribute 'pad'", text):
+        from ._grading_cases import HINT_NUMPY2
+        return HINT_NUMPY2
+    if isinstance(exc, ValueError) and "zero-size array" in str(exc):
+        return ("a window is empty: it starts past the edge of the input. Check the output size, "
+                "floor((H + 2p - k) / s) + 1 rows from H and columns from W, and where window (i, j) starts: "
+                "(i*stride - padding, j*stride - padding).")
+    if isinstance(exc, IndexError):
+        return ("an index ran past the array: check where each window starts and ends, and the output size "
+                "floor((H + 2p - k) / s) + 1.")
+    if isinstance(exc, ValueError) and "Buffer dtype mismatch" in str(exc):
+        return ("the kernel must accept both float32 and float64: declare the memoryview with the fused type "
+                "floating (from cython cimport floating).")
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running a battery
+# ---------------------------------------------------------------------------------------------------------
+def _copy_args(args):
+    return tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args)
+
+
+def _modified_inputs(before, after):
+    for b, a in zip(before, after):
+        if isinstance(b, np.ndarray) and not np.array_equal(a, b, equal_nan=True):
+            return True
+    return False
+
+
+def _diagnose(ex, first, outcomes):
+    """The hint for the first wrong answer ``first`` = ``(case, got, expected, mismatch)``.
+
+    Two mistakes can give the same wrong answer on one case, so a known-wrong variant is chosen by looking at
+    every case: it must reproduce the first wrong answer, and among those the one that agrees with the student's
+    answers on the most cases wins (the earlier variant on a tie). Then the exercise's heuristics.
+    """
+    from ._grading_cases import HINT_FLOAT64
+
+    case, got, expected, mismatch = first
+    if mismatch.what == "dtype":
+        got_part = got[mismatch.component] if isinstance(got, (tuple, list)) else got
+        want_part = expected[mismatch.component] if isinstance(expected, tuple) else expected
+        if getattr(want_part, "dtype", None) == np.float32 and getattr(got_part, "dtype", None) == np.float64:
+            return HINT_FLOAT64
+        if isinstance(want_part, np.ndarray):
+            return f"create the array with dtype {want_part.dtype}."
+        return "return an int: use // (floor division) or int(...), not / or np.floor (which give floats)."
+    best, best_agreement = None, -1
+    for variant in ex.variants:
+        wrong = _run_variant(variant, case)
+        if wrong is _FAILED or not _matches(ex, got, wrong, mismatch):
+            continue
+        agreement = 0
+        for other_case, other_got in outcomes:
+            if other_case is case:
+                continue
+            other_wrong = _run_variant(variant, other_case)
+            if other_wrong is not _FAILED and ex.result.compare(other_got, other_wrong, check_dtype=False) is None:
+                agreement += 1
+        if agreement > best_agreement:
+            best, best_agreement = variant, agreement
+    if best is not None:
+        return best.hint
+    if ex.heuristics is not None:
+        hint = ex.heuristics(case, got, expected)
+        if hint:
+            return hint
+    if mismatch.what == "shape":
+        return ("the output has the wrong shape: the number of windows along an axis is "
+                "floor((L + 2p - k) / s) + 1.")
+    return ""
+
+
+_FAILED = object()
+
+
+def _run_variant(variant, case):
+    try:
+        with np.errstate(all="ignore"):
+            return variant.fn(*_copy_args(case.args))
+    except Exception:  # a variant that cannot run on this case cannot be the explanation
+        return _FAILED
+
+
+def _matches(ex, got, wrong, mismatch):
+    """Does the student's (wrong) answer equal the variant's, on the part that was found wrong?"""
+    try:
+        if isinstance(getattr(ex.result, "parts", None), tuple) and isinstance(got, (tuple, list)) \
+                and isinstance(wrong, (tuple, list)) and len(got) == len(wrong):
+            part = ex.result.parts[mismatch.component]
+            return part.compare(got[mismatch.component], wrong[mismatch.component], check_dtype=False) is None
+        return ex.result.compare(got, wrong, check_dtype=False) is None
+    except Exception:
+        return False
+
+
+def _failure_text(ex, index, case, n_cases, got=None, expected=None, mismatch=None, hint="", raised=None):
+    lines = [f"First failing case ({index + 1} of {n_cases}): {case.label}.",
+             f"  call: {_call_text(ex, case)}"]
+    inputs = _inputs_text(ex, case)
+    if inputs:
+        lines.append(inputs)
+    if raised is not None:
+        text = (str(raised).strip().splitlines() or [""])[0]
+        text = text if len(text) <= 160 else text[:157] + "..."
+        lines.append(f"it raised {type(raised).__name__}: {text}{_where_raised(raised)}")
+    elif mismatch.what == "dtype":
+        lines.append(f"the values are right, but {mismatch.text}.")
+    else:
+        lines.append("expected:")
+        lines.append(_fmt_result(expected, ex))
+        lines.append("got:")
+        lines.append(_fmt_result(got, ex))
+        lines.append(f"what differs: {mismatch.text}{_first_difference(got, expected, mismatch)}.")
+    if hint:
+        lines.append(f"hint: {hint}")
+    return "\n".join(lines)
+
+
+def run_check(name, fn):
+    """Run exercise ``name``'s battery on ``fn`` and return a :class:`CheckResult` (never raises on a wrong
+    answer or an exception inside ``fn``)."""
+    ex = EXERCISES[name]
+    if not callable(fn):
+        return CheckResult(name, "failed", 0.0, ex.points,
+                           f"check_{name} needs your function {name} itself, got {_describe(fn)}.", 0, 1)
+    cases = ex.cases()
+    n_total = len(cases) + int(ex.own_code) + int(ex.extra is not None)
+    passed, first_failure, first_wrong, outcomes = 0, None, None, []  # first_failure: the report's text
+    for index, case in enumerate(cases):
+        args = _copy_args(case.args)
+        try:
+            with np.errstate(all="ignore"):
+                got = fn(*args)
+        except NotImplementedError:
+            return CheckResult(name, NOT_IMPLEMENTED, 0.0, ex.points,
+                               f"{name} still raises NotImplementedError: replace that line with your code, "
+                               f"then run this check again.", 0, n_total)
+        except Exception as exc:  # the student's bug, reported in words
+            if first_failure is None and first_wrong is None:
+                hint = (ex.exception_hint(exc) if ex.exception_hint else None) or _exception_hint(exc)
+                first_failure = _failure_text(ex, index, case, len(cases), raised=exc, hint=hint)
+            continue
+        outcomes.append((case, got))
+        expected = ex.reference(*_copy_args(case.args))
+        mismatch = ex.result.compare(got, expected)
+        if mismatch is None and _modified_inputs(case.args, args):
+            if first_failure is None and first_wrong is None:
+                first_failure = (f"First failing case ({index + 1} of {len(cases)}): {case.label}.\n"
+                                 f"  call: {_call_text(ex, case)}\n"
+                                 "the result is right, but the function modified its input arrays in place.\n"
+                                 "hint: work on a copy (or write into a new array); a layer must not change its "
+                                 "input.")
+            continue
+        if mismatch is None:
+            passed += 1
+            continue
+        if first_failure is None and first_wrong is None:
+            first_wrong = (index, case, got, expected, mismatch)  # worded below, once every case has run
+    if first_failure is None and first_wrong is not None:
+        index, case, got, expected, mismatch = first_wrong
+        hint = _diagnose(ex, first_wrong[1:], outcomes)
+        first_failure = _failure_text(ex, index, case, len(cases), got, expected, mismatch, hint)
+    if first_failure is None and ex.own_code:
+        try:
+            used = library_calls(fn, *_copy_args(cases[0].args))
+        except Exception as exc:
+            used = [f"(the call raised {type(exc).__name__})"]
+        if used:  # no credit: the answers are pooling_lib's, not the student's
+            passed = 0
+            first_failure = (f"Every case gives the right answer, but your function calls pooling_lib's own code "
+                             f"({', '.join(used)}).\nhint: the exercise is to write it yourself with NumPy (the "
+                             f"check compares your answers with pooling_lib's).")
+        else:
+            passed += 1
+    if first_failure is None and ex.extra is not None:
+        try:
+            problem = ex.extra(fn)
+        except Exception as exc:
+            problem = (f"the extra check raised {type(exc).__name__}: {exc}", "")
+        if problem is None:
+            passed += 1
+        else:
+            what, hint = problem
+            first_failure = f"Every case gives the right answer, but {what}" + (f"\nhint: {hint}" if hint else "")
+    if first_failure is None:
+        return CheckResult(name, "passed", ex.points, ex.points, "", passed, n_total)
+    score = round(ex.points * passed / n_total, 2)
+    return CheckResult(name, "failed", score, ex.points, first_failure, passed, n_total)
+
+
+def _describe(value):
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def exercises_for_chapter(chapter):
+    """Names of the exercises that go with chapter ``chapter`` (an int), in book order."""
+    return [name for name, ex in EXERCISES.items() if ex.chapter == chapter]
+
+
+def _make_check(name):
+    ex = EXERCISES[name]
+
+    def check(fn):
+        return run_check(name, fn)
+
+    check.__name__ = check.__qualname__ = f"check_{name}"
+    check.__doc__ = (f"Check exercise \"{ex.title}\" (chapter {ex.chapter}, label ``{ex.label}``).\n\n"
+                     f"Calls ``fn({', '.join(ex.params)})`` on a battery of cases, compares with pooling_lib, and "
+                     f"returns a :class:`CheckResult`; never raises on a wrong answer.")
+    return check
+
+
+check_shift_agreement = _make_check("shift_agreement")
+check_output_size = _make_check("output_size")
+check_max_pool_forward = _make_check("max_pool_forward")
+check_min_pool_forward = _make_check("min_pool_forward")
+check_max_pool_backward = _make_check("max_pool_backward")
+check_avg_pool_backward = _make_check("avg_pool_backward")
+check_global_max_pool_backward = _make_check("global_max_pool_backward")
+check_adaptive_avg_pool2d = _make_check("adaptive_avg_pool2d")
+check_max_pool_vectorized = _make_check("max_pool_vectorized")
+check_max_pool_cython = _make_check("max_pool_cython")
+check_memory_bound = _make_check("memory_bound")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grading notebooks
+# ---------------------------------------------------------------------------------------------------------
+def _report(names, namespace, token):
+    """Run in the graded kernel, after the student's cells: check each exercise's function as the notebook
+    defined it, and emit one display_data output that the grading command reads back."""
+    from IPython.display import display
+
+    results = []
+    for name in names:
+        fn = namespace.get(name)
+        if fn is None:
+            results.append(CheckResult(name, "failed", 0.0, EXERCISES[name].points,
+                                       f"the notebook does not define {name} (did its cell run without errors?).",
+                                       0, 1))
+        else:
+            results.append(run_check(name, fn))
+    display({MIME_TYPE: {"token": token, "results": [r.to_dict() for r in results]}}, raw=True)
+
+
+@dataclass
+class NotebookGrade:
+    """Scores of one notebook: a :class:`CheckResult` per exercise, or ``error`` if it could not be graded."""
+
+    path: str
+    results: list = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def score(self):
+        return round(sum(r.score for r in self.results), 2)
+
+    @property
+    def points(self):
+        return sum(r.points for r in self.results)
+
+    @property
+    def passed(self):
+        return not self.error and bool(self.results) and all(r.passed for r in self.results)
+
+
+_CHECK_CALL = re.compile(r"\bcheck_([A-Za-z0-9_]+)\s*\(")
+_CHAPTER = re.compile(r"(?:^|[^0-9])ex(\d\d)(?:[^0-9]|$)")
+
+
+def notebook_exercises(nb, path=""):
+    """The exercises a notebook holds, in book order: from its metadata, its check calls and its file name."""
+    found = set(nb.get("metadata", {}).get("pooling_homework", {}).get("exercises", []))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            found.update(m for m in _CHECK_CALL.findall(_source(cell)) if m in EXERCISES)
+    match = _CHAPTER.search(os.path.basename(str(path)))
+    if match:
+        found.update(exercises_for_chapter(int(match.group(1))))
+    return [name for name in EXERCISES if name in found]
+
+
+def _source(cell):
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def grade_notebook(path, timeout=600, kernel_name="python3"):
+    """Execute the notebook at ``path`` in a fresh kernel and grade every exercise it holds.
+
+    Cells that raise do not stop the run (a half-done notebook still gets the points it earned). ``timeout`` is
+    per cell, in seconds: generous, because the Cython exercise compiles. Returns a :class:`NotebookGrade`.
+    """
+    import subprocess
+
+    import nbformat  # imported here: pooling_lib itself does not need Jupyter
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    grade = NotebookGrade(str(path))
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception as exc:
+        grade.error = f"cannot read the notebook: {type(exc).__name__}: {exc}"
+        return grade
+    names = notebook_exercises(nb, path)
+    if not names:
+        grade.error = "no homework exercise found in this notebook"
+        return grade
+    token = secrets.token_hex(16)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        f"import pooling_lib.grading as _pooling_grading\n"
+        f"_pooling_grading._report({names!r}, globals(), {token!r})"))
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, allow_errors=True,
+                            resources={"metadata": {"path": os.path.dirname(os.path.abspath(str(path)))}})
+    try:
+        client.execute(stderr=subprocess.DEVNULL)
+    except CellTimeoutError as exc:
+        grade.error = f"a cell ran longer than {timeout} s (an endless loop?): {str(exc).splitlines()[0]}"
+    except DeadKernelError as exc:
+        grade.error = f"the kernel died while running the notebook: {exc}"
+    except Exception as exc:
+        grade.error = f"the notebook could not be executed: {type(exc).__name__}: {exc}"
+    if grade.error:
+        grade.results = [CheckResult(n, "failed", 0.0, EXERCISES[n].points, grade.error, 0, 1) for n in names]
+        return grade
+    for output in nb.cells[-1].get("outputs", []):
+        payload = output.get("data", {}).get(MIME_TYPE)
+        if isinstance(payload, str):
+            payload = json.loads(payload)
+        if isinstance(payload, dict) and payload.get("token") == token:
+            fields = ("exercise", "status", "score", "points", "message", "cases_passed", "cases_total")
+            grade.results = [CheckResult(**{k: r[k] for k in fields}) for r in payload["results"]]
+            return grade
+    errors = [o for o in nb.cells[-1].get("outputs", []) if o.get("output_type") == "error"]
+    detail = f"{errors[0]['ename']}: {errors[0]['evalue']}" if errors else "no report"
+    grade.error = f"the grading cell did not report ({detail})"
+    grade.results = [CheckResult(n, "failed", 0.0, EXERCISES[n].points, grade.error, 0, 1) for n in names]
+    return grade
+
+
+def _print_grade(grade, out, verbose):
+    print(f"== {grade.path}", file=out)
+    if grade.error:
+        print(f"   ERROR: {grade.error}", file=out)
+    width = max([len(r.exercise) for r in grade.results] + [8])
+    for r in grade.results:
+        print(f"   {r.exercise:<{width}}  {r.score:5.2f} / {r.points:g}  {r.status}", file=out)
+        if verbose and r.message and r.status != NOT_IMPLEMENTED and not grade.error:
+            print("\n".join("      " + line for line in r.message.splitlines()), file=out)
+    print(f"   {'total':<{width}}  {grade.score:5.2f} / {grade.points:g}", file=out)
+
+
+def main(argv=None):
+    """``python -m pooling_lib.grading NOTEBOOK.ipynb [MORE.ipynb ...]``: grade notebooks, print the scores.
+
+    Exit status: 0 when every check of every notebook passed, 1 when any failed or is not implemented,
+    2 when a notebook could not be graded at all (unreadable, no exercise, kernel died, timeout).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m pooling_lib.grading",
+        description="Execute filled-in homework notebooks and print a score per exercise and a total.")
+    parser.add_argument("notebooks", nargs="+", help="the .ipynb files to grade")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default 600)")
+    parser.add_argument("--quiet", action="store_true", help="scores only, without the failure messages")
+    parser.add_argument("--json", metavar="FILE", help="also write every result to FILE as JSON ('-' = stdout)")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at once, each in its own kernel "
+                        "(default 1)")
+    args = parser.parse_args(argv)
+
+    if args.jobs > 1 and len(args.notebooks) > 1:
+        from concurrent.futures import ThreadPoolExecutor  # each notebook runs in its own kernel process
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            grades = list(pool.map(lambda p: grade_notebook(p, timeout=args.timeout), args.notebooks))
+        for grade in grades:
+            _print_grade(grade, sys.stdout, verbose=not args.quiet)
+    else:
+        grades = []
+        for path in args.notebooks:
+            grades.append(grade_notebook(path, timeout=args.timeout))
+            _print_grade(grades[-1], sys.stdout, verbose=not args.quiet)
+            sys.stdout.flush()
+    if len(grades) > 1:
+        total = round(sum(g.score for g in grades), 2)
+        print(f"== all {len(grades)} notebooks: {total:.2f} / {sum(g.points for g in grades):g}")
+    failing = [f"{g.path}: {r.exercise} ({r.status})" for g in grades for r in g.results if not r.passed]
+    if failing:
+        print("not passed:\n" + "\n".join("   " + f for f in failing))
+    if args.json:
+        data = [{"notebook": g.path, "score": g.score, "points": g.points, "passed": g.passed, "error": g.error,
+                 "results": [r.to_dict() for r in g.results]} for g in grades]
+        text = json.dumps(data, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+    if any(g.error for g in grades):
+        return 2
+    return 0 if all(g.passed for g in grades) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,521 @@
+"""Tests of pooling_lib.grading, in process (no kernel): the checks pass the book's solutions, report a stub as
+"not implemented yet", never raise, and catch each mistake of the seed documents with the matching hint.
+
+The wrong implementations below are written the way a student would write them, independently of the
+known-wrong variants inside the grader, so a diagnosis that only matched its own variant would fail here.
+"""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pooling_lib
+from pooling_lib import grading
+from pooling_lib import _grading_cases as cases
+from pooling_lib.grading import EXERCISES, run_check
+
+ROOT = Path(__file__).resolve().parent.parent
+EXERCISE_DIR = ROOT / "book" / "exercises"
+CHECK_CELL = re.compile(r"^\s*check_\w+\(\w+\)\s*$")
+
+
+def _solutions():
+    """Every Python solution function of the book's exercise notebooks, by exercise name (the %%cython cell is
+    skipped: compiling it is the notebook tests' job)."""
+    namespace = {}
+    for path in sorted(EXERCISE_DIR.glob("ex[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] != "code" or source.lstrip().startswith("%%") or CHECK_CELL.match(source):
+                continue
+            code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("%"))
+            exec(compile(code, str(path), "exec"), namespace)
+    return {name: namespace[name] for name in EXERCISES if name in namespace}
+
+
+SOLUTIONS = _solutions()
+PYTHON_EXERCISES = [name for name in EXERCISES if name != "max_pool_cython"]
+
+
+def _hint(result):
+    return result.message.split("hint: ", 1)[1] if "hint: " in result.message else ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The right answers pass
+# ---------------------------------------------------------------------------------------------------------
+def test_the_homework_has_the_exercises_the_issue_asks_for():
+    assert len(EXERCISES) >= 8
+    assert {ex.chapter for ex in EXERCISES.values()} == set(range(1, 10))
+    for name in ("output_size", "max_pool_backward", "avg_pool_backward", "global_max_pool_backward",
+                 "min_pool_forward", "adaptive_avg_pool2d", "max_pool_vectorized", "max_pool_cython"):
+        assert name in EXERCISES
+    assert sorted(SOLUTIONS) == sorted(PYTHON_EXERCISES)
+
+
+@pytest.mark.parametrize("name", PYTHON_EXERCISES)
+def test_the_books_solution_passes(name):
+    result = run_check(name, SOLUTIONS[name])
+    assert result.passed, str(result)
+    assert result.score == result.points == 1.0
+    assert result.cases_passed == result.cases_total >= 5
+    assert result.message == ""
+
+
+def test_the_cython_check_wants_a_fast_compiled_kernel():
+    # The vectorized solution is correct and about as fast as pooling_lib's NumPy tier: it passes the speed limit
+    # (so the limit is reachable), and only then fails because it is not compiled. The compiled solution
+    # passing is checked by executing the exercise notebook (nbval and the grading command).
+    result = grading.check_max_pool_cython(SOLUTIONS["max_pool_vectorized"])
+    assert result.status == "failed"
+    assert result.cases_passed == result.cases_total - 1
+    assert "not one compiled by Cython" in result.message
+    assert cases.is_compiled_with_cython(np.add.reduce) is False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stubs, exceptions, junk: reported, never raised
+# ---------------------------------------------------------------------------------------------------------
+def _stub(*args):
+    raise NotImplementedError()
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_a_stub_is_not_implemented_yet(name):
+    result = getattr(grading, f"check_{name}")(_stub)
+    assert result.status == grading.NOT_IMPLEMENTED
+    assert not result.passed and not result
+    assert result.score == 0.0
+    assert "NOT IMPLEMENTED YET" in str(result)
+    assert "Traceback" not in str(result)
+
+
+def test_an_exception_is_reported_in_words_with_the_line():
+    def output_size(length, kernel_size, stride, padding=0, dilation=1, ceil_mode=False):
+        return length // (stride - stride)
+
+    result = grading.check_output_size(output_size)
+    assert result.status == "failed" and result.score == 0.0
+    assert "ZeroDivisionError" in result.message
+    assert "length // (stride - stride)" in result.message  # the offending line of the student's code
+    assert "Traceback" not in result.message
+
+
+def test_a_non_function_is_reported():
+    result = grading.check_output_size(42)
+    assert result.status == "failed"
+    assert "output_size itself" in result.message
+
+
+def test_a_wrong_answer_gets_partial_credit_and_a_readable_report():
+    def output_size(length, kernel_size, stride, padding=0, dilation=1, ceil_mode=False):
+        return (length + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1  # ignores ceil_mode
+
+    result = grading.check_output_size(output_size)
+    assert result.status == "failed"
+    assert 0 < result.score < 1
+    assert result.cases_passed == 11 and result.cases_total == 14
+    assert "First failing case (10 of 13): ceil_mode keeps a partial last window" in result.message
+    assert "expected:\n  3\ngot:\n  2" in result.message
+    assert "ceil_mode" in _hint(result)
+    html = result._repr_html_()
+    assert "FAILED" in html and "<pre" in html
+
+
+def test_the_html_report_escapes_the_message():
+    result = grading.CheckResult("x", "failed", 0.0, 1.0, "a < b & c", 0, 1)
+    assert "a &lt; b &amp; c" in result._repr_html_()
+
+
+def test_reports_are_deterministic():
+    def wrong(grad_out, x, kernel_size, stride, padding):
+        return np.zeros_like(x)
+
+    first, second = grading.check_max_pool_backward(wrong), grading.check_max_pool_backward(wrong)
+    assert str(first) == str(second)
+
+
+def test_modifying_the_input_in_place_fails():
+    def max_pool_vectorized(x, kernel_size, stride, padding):
+        out = SOLUTIONS["max_pool_vectorized"](x, kernel_size, stride, padding)
+        x[...] = 0
+        return out
+
+    result = grading.check_max_pool_vectorized(max_pool_vectorized)
+    assert result.status == "failed"
+    assert "modified its input arrays in place" in result.message
+
+
+def test_calling_pooling_lib_is_not_writing_it():
+    result = grading.check_max_pool_forward(lambda x, k, s, p: pooling_lib.max_pool2d(x, k, s, p))
+    assert result.status == "failed" and result.score == 0.0  # every answer right, but no credit
+    assert "pooling_lib.functional.max_pool2d" in result.message
+    result = grading.check_output_size(pooling_lib.pool2d_output_size)
+    assert result.status == "failed" and "pool2d_output_size" in result.message
+
+
+def test_a_correct_loop_is_not_vectorized():
+    result = grading.check_max_pool_vectorized(SOLUTIONS["max_pool_forward"])  # loops over the windows
+    assert result.status == "failed"
+    assert result.cases_passed == result.cases_total - 1
+    assert "not vectorized" in result.message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The seed documents' mistakes, written as a student would, each caught with its hint
+# ---------------------------------------------------------------------------------------------------------
+def _out(length, k, s, p):
+    return (length + 2 * p - k) // s + 1
+
+
+def max_forward_zero_padding(x, kernel_size, stride, padding):
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))  # zeros: the mistake
+    N, C, H, W = x.shape
+    out = np.zeros((N, C, _out(H, kernel_size, stride, padding), _out(W, kernel_size, stride, padding)), x.dtype)
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            window = xp[:, :, i * stride:i * stride + kernel_size, j * stride:j * stride + kernel_size]
+            out[:, :, i, j] = window.max(axis=(2, 3))
+    return out
+
+
+def vectorized_zero_padding(x, kernel_size, stride, padding):
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), constant_values=0)
+    N, C, H, W = x.shape
+    oh, ow = _out(H, kernel_size, stride, padding), _out(W, kernel_size, stride, padding)
+    out = np.full((N, C, oh, ow), -np.inf, dtype=x.dtype)
+    for a in range(kernel_size):
+        for b in range(kernel_size):
+            out = np.maximum(out, xp[:, :, a:a + stride * (oh - 1) + 1:stride, b:b + stride * (ow - 1) + 1:stride])
+    return out
+
+
+def min_forward_zero_padding(x, kernel_size, stride, padding):
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    N, C, H, W = x.shape
+    oh, ow = _out(H, kernel_size, stride, padding), _out(W, kernel_size, stride, padding)
+    out, idx = np.zeros((N, C, oh, ow), x.dtype), np.zeros((N, C, oh, ow), np.int64)
+    for n in range(N):
+        for c in range(C):
+            for i in range(oh):
+                for j in range(ow):
+                    window = xp[n, c, i * stride:i * stride + kernel_size, j * stride:j * stride + kernel_size]
+                    a, b = np.unravel_index(np.argmin(window), window.shape)
+                    out[n, c, i, j] = window[a, b]
+                    idx[n, c, i, j] = (i * stride + a - padding) * W + (j * stride + b - padding)
+    return out, idx
+
+
+def max_backward_zero_padding(grad_out, x, kernel_size, stride, padding):
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    grad_p = np.zeros_like(xp)
+    N, C, oh, ow = grad_out.shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(oh):
+                for j in range(ow):
+                    window = xp[n, c, i * stride:i * stride + kernel_size, j * stride:j * stride + kernel_size]
+                    a, b = np.unravel_index(np.argmax(window), window.shape)
+                    grad_p[n, c, i * stride + a, j * stride + b] += grad_out[n, c, i, j]
+    H, W = x.shape[2:]
+    return grad_p[:, :, padding:padding + H, padding:padding + W]
+
+
+def max_backward_crop_bug(grad_out, x, kernel_size, stride, padding):
+    p = padding
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
+    grad_p = np.zeros_like(xp)
+    N, C, oh, ow = grad_out.shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(oh):
+                for j in range(ow):
+                    window = xp[n, c, i * stride:i * stride + kernel_size, j * stride:j * stride + kernel_size]
+                    a, b = np.unravel_index(np.argmax(window), window.shape)
+                    grad_p[n, c, i * stride + a, j * stride + b] += grad_out[n, c, i, j]
+    return grad_p[:, :, p:-p, p:-p]  # empty when p == 0: the mistake
+
+
+def avg_backward_crop_bug(grad_out, x, kernel_size, stride, padding, count_include_pad):
+    p, k = padding, kernel_size
+    grad_p = np.zeros((x.shape[0], x.shape[1], x.shape[2] + 2 * p, x.shape[3] + 2 * p), x.dtype)
+    H, W = x.shape[2:]
+    for i in range(grad_out.shape[2]):
+        for j in range(grad_out.shape[3]):
+            rows = min(i * stride + k, H + p) - max(i * stride, p)
+            cols = min(j * stride + k, W + p) - max(j * stride, p)
+            divisor = k * k if count_include_pad else rows * cols
+            grad_p[:, :, i * stride:i * stride + k, j * stride:j * stride + k] += \
+                (grad_out[:, :, i, j] / divisor)[:, :, None, None]
+    return grad_p[:, :, p:-p, p:-p]
+
+
+def avg_backward_always_kk(grad_out, x, kernel_size, stride, padding, count_include_pad):
+    grad = SOLUTIONS["avg_pool_backward"](grad_out, x, kernel_size, stride, padding, True)
+    return grad  # divides by k*k whatever count_include_pad says
+
+
+def global_backward_named_like_forward(grad_out, x):
+    # The seed defines the backward under the forward's name; the name then holds the forward only.
+    return x.max(axis=(2, 3))
+
+
+def cython_slow_per_window(x, kernel_size, stride, padding):
+    N, C, H, W = x.shape
+    oh, ow = _out(H, kernel_size, stride, padding), _out(W, kernel_size, stride, padding)
+    out = np.empty((N, C, oh, ow), dtype=x.dtype)
+    for n in np.arange(N):
+        for c in np.arange(C):
+            for i in np.arange(oh):
+                for j in np.arange(ow):
+                    top, left = max(i * stride - padding, 0), max(j * stride - padding, 0)
+                    window = x[n, c, top:i * stride - padding + kernel_size, left:j * stride - padding + kernel_size]
+                    out[n, c, i, j] = np.max(window)  # a Python call per window: the mistake
+    return out
+
+
+def forward_with_np_lib_pad(x, kernel_size, stride, padding):
+    xp = np.lib.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), "constant")
+    return xp
+
+
+def forward_with_np_float(x, kernel_size, stride, padding):
+    return np.zeros(x.shape, dtype=np.float)
+
+
+def forward_stride_as_window(x, kernel_size, stride, padding):
+    # The NHWC classes sliced windows with the stride instead of the kernel size.
+    H, W = x.shape[2:]
+    oh, ow = _out(H, kernel_size, stride, padding), _out(W, kernel_size, stride, padding)
+    out = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            top, left = i * stride - padding, j * stride - padding
+            out[:, :, i, j] = x[:, :, max(top, 0):top + stride, max(left, 0):left + stride].max(axis=(2, 3))
+    return out
+
+
+def forward_width_from_height(x, kernel_size, stride, padding):
+    H, W = x.shape[2:]
+    oh = ow = _out(H, kernel_size, stride, padding)  # the width checked against the height
+    out = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            top, left = i * stride - padding, j * stride - padding
+            out[:, :, i, j] = x[:, :, max(top, 0):top + kernel_size, max(left, 0):left + kernel_size].max(axis=(2, 3))
+    return out
+
+
+def forward_h_div_stride(x, kernel_size, stride, padding):
+    H, W = x.shape[2:]
+    oh, ow = H // stride, W // stride
+    out = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            top, left = i * stride - padding, j * stride - padding
+            out[:, :, i, j] = x[:, :, max(top, 0):top + kernel_size, max(left, 0):left + kernel_size].max(axis=(2, 3))
+    return out
+
+
+def output_size_h_div_stride(length, kernel_size, stride, padding=0, dilation=1, ceil_mode=False):
+    return length // stride
+
+
+def output_size_no_floor(length, kernel_size, stride, padding=0, dilation=1, ceil_mode=False):
+    return (length - kernel_size) / stride + 1  # the seed's formula, with true division
+
+
+def max_backward_np_repeat(grad_out, x, kernel_size, stride, padding):
+    y = SOLUTIONS["max_pool_forward"](x, kernel_size, stride, padding)
+    k = kernel_size
+    y_up = np.repeat(np.repeat(y, k, axis=2), k, axis=3)
+    g_up = np.repeat(np.repeat(grad_out, k, axis=2), k, axis=3)
+    return (x == y_up) * g_up
+
+
+def max_backward_mask(grad_out, x, kernel_size, stride, padding):
+    grad = np.zeros_like(x)
+    H, W = x.shape[2:]
+    for i in range(grad_out.shape[2]):
+        for j in range(grad_out.shape[3]):
+            top, left = max(i * stride - padding, 0), max(j * stride - padding, 0)
+            bottom, right = min(i * stride - padding + kernel_size, H), min(j * stride - padding + kernel_size, W)
+            window = x[:, :, top:bottom, left:right]
+            mask = window == window.max(axis=(2, 3), keepdims=True)  # every tied maximum: the mistake
+            grad[:, :, top:bottom, left:right] += mask * grad_out[:, :, i, j][:, :, None, None]
+    return grad
+
+
+def max_backward_assign(grad_out, x, kernel_size, stride, padding):
+    grad = np.zeros_like(x)
+    N, C, H, W = x.shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(grad_out.shape[2]):
+                for j in range(grad_out.shape[3]):
+                    top, left = max(i * stride - padding, 0), max(j * stride - padding, 0)
+                    window = x[n, c, top:i * stride - padding + kernel_size, left:j * stride - padding + kernel_size]
+                    a, b = np.unravel_index(np.argmax(window), window.shape)
+                    grad[n, c, top + a, left + b] = grad_out[n, c, i, j]  # = instead of +=
+    return grad
+
+
+def global_backward_mask(grad_out, x):
+    mask = x == x.max(axis=(2, 3), keepdims=True)
+    return mask * grad_out[:, :, None, None]
+
+
+def float64_everywhere(solution):
+    return lambda *args: (lambda r: tuple(np.asarray(v, np.float64) if v.dtype.kind == "f" else v for v in r)
+                          if isinstance(r, tuple) else r.astype(np.float64))(solution(*args))
+
+
+SEED_MISTAKES = [
+    # padding with zeros: on an all-negative input the padding wins
+    ("max_pool_forward", max_forward_zero_padding, cases.HINT_ZERO_PAD),
+    ("max_pool_vectorized", vectorized_zero_padding, cases.HINT_ZERO_PAD),
+    ("max_pool_cython", max_forward_zero_padding, cases.HINT_ZERO_PAD),
+    ("min_pool_forward", min_forward_zero_padding, "on an all-positive input a border window then returns 0"),
+    ("max_pool_backward", max_backward_zero_padding, cases.HINT_ZERO_PAD_BACKWARD),
+    # the crop z[:, :, p:-p, p:-p] is empty when p == 0
+    ("max_pool_backward", max_backward_crop_bug, cases.HINT_EMPTY_CROP),
+    ("avg_pool_backward", avg_backward_crop_bug, cases.HINT_EMPTY_CROP),
+    # the global max backward defined under the forward's name
+    ("global_max_pool_backward", global_backward_named_like_forward, "the backward under the forward's name"),
+    # np.lib.pad and np.float are gone in NumPy 2
+    ("max_pool_forward", forward_with_np_lib_pad, cases.HINT_NUMPY2),
+    ("max_pool_vectorized", forward_with_np_float, cases.HINT_NUMPY2),
+    # the NHWC classes: stride as window size, width from height, H // stride, np.repeat
+    ("max_pool_forward", forward_stride_as_window, cases.HINT_STRIDE_AS_SIZE),
+    ("max_pool_forward", forward_width_from_height, cases.HINT_W_FROM_H),
+    ("max_pool_forward", forward_h_div_stride, cases.HINT_H_DIV_S),
+    ("output_size", output_size_h_div_stride, "H // stride is not the number of windows"),
+    ("max_pool_backward", max_backward_np_repeat, cases.HINT_REPEAT),
+    # the mask-based backward sends the gradient to every tied maximum
+    ("max_pool_backward", max_backward_mask, cases.HINT_ALL_TIES),
+    ("global_max_pool_backward", global_backward_mask, cases.HINT_ALL_TIES),
+    # (H - k) / s + 1 needs a floor
+    ("output_size", output_size_no_floor, "the division needs a floor"),
+    # average pooling always divides by k*k
+    ("avg_pool_backward", avg_backward_always_kk, "you always divide by kernel_size * kernel_size"),
+    # = instead of += with overlapping windows
+    ("max_pool_backward", max_backward_assign, cases.HINT_ASSIGN),
+]
+
+
+@pytest.mark.parametrize("name, wrong, hint", SEED_MISTAKES,
+                         ids=[f"{n}-{w.__name__}" for n, w, _ in SEED_MISTAKES])
+def test_a_seed_mistake_is_caught_with_its_hint(name, wrong, hint):
+    result = run_check(name, wrong)
+    assert result.status == "failed", str(result)
+    assert hint in _hint(result), str(result)
+    assert "First failing case" in result.message
+
+
+@pytest.mark.parametrize("name", ["max_pool_forward", "min_pool_forward", "max_pool_backward", "avg_pool_backward",
+                                  "global_max_pool_backward", "adaptive_avg_pool2d", "max_pool_vectorized"])
+def test_float64_output_for_float32_input_is_named(name):
+    result = run_check(name, float64_everywhere(SOLUTIONS[name]))
+    assert result.status == "failed"
+    assert _hint(result) == cases.HINT_FLOAT64, str(result)
+    assert "the values are right, but" in result.message
+
+
+def test_a_cython_kernel_with_python_calls_per_window_is_too_slow():
+    result = grading.check_max_pool_cython(cython_slow_per_window)
+    assert result.status == "failed"
+    assert result.cases_passed == result.cases_total - 1  # every answer right; the speed check fails
+    assert "correct but slow" in result.message and "np.max" in _hint(result)
+
+
+def min_pool_computes_max(x, kernel_size, stride, padding):
+    out, indices = SOLUTIONS["min_pool_forward"](-x, kernel_size, stride, padding)
+    return -out, indices  # the maximum and its first index
+
+
+def adaptive_floor_end(x, output_size):
+    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+    N, C, H, W = x.shape
+    out = np.empty((N, C, out_h, out_w), x.dtype)
+    for i in range(out_h):
+        for j in range(out_w):
+            window = x[:, :, i * H // out_h:(i + 1) * H // out_h, j * W // out_w:(j + 1) * W // out_w]
+            out[:, :, i, j] = window.mean(axis=(2, 3))  # the end rounded down
+    return out
+
+
+def memory_bound_gibibytes(shape, kernel_size, stride, padding, itemsize, bandwidth_gb_s):
+    moved = SOLUTIONS["memory_bound"](shape, kernel_size, stride, padding, itemsize, bandwidth_gb_s)[0]
+    return moved, moved / (bandwidth_gb_s * 2 ** 30)
+
+
+def memory_bound_milliseconds(shape, kernel_size, stride, padding, itemsize, bandwidth_gb_s):
+    moved = SOLUTIONS["memory_bound"](shape, kernel_size, stride, padding, itemsize, bandwidth_gb_s)[0]
+    return moved, 1e3 * moved / (bandwidth_gb_s * 1e9)
+
+
+def shift_compares_inputs(x, kernel_size, shift):
+    return float(np.mean(x == np.roll(x, shift, axis=-1)))
+
+
+OTHER_MISTAKES = [
+    ("min_pool_forward", min_pool_computes_max, "you computed the maximum"),
+    ("adaptive_avg_pool2d", adaptive_floor_end, "round the end *up*"),
+    ("memory_bound", memory_bound_gibibytes, "not 2**30"),
+    ("memory_bound", memory_bound_milliseconds, "milliseconds"),
+    ("shift_agreement", shift_compares_inputs, "compared the shifted"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")
+@pytest.mark.parametrize("name, wrong, hint", OTHER_MISTAKES,
+                         ids=[f"{n}-{w.__name__}" for n, w, _ in OTHER_MISTAKES])
+def test_other_mistakes_are_caught(name, wrong, hint):
+    result = run_check(name, wrong)
+    assert result.status == "failed"
+    assert hint in _hint(result), str(result)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The adaptive reference (pooling_lib has no adaptive pooling) agrees with PyTorch
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape, output_size", [((2, 3, 6, 6), 3), ((1, 2, 5, 5), 3), ((2, 2, 7, 5), (3, 2)),
+                                                ((1, 1, 3, 3), (5, 4)), ((1, 3, 10, 7), (4, 3)), ((1, 1, 4, 4), 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_adaptive_reference_matches_pytorch(shape, output_size, dtype):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    ours = cases.adaptive_avg_pool2d_reference(x, output_size)
+    theirs = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), output_size).numpy()
+    assert ours.dtype == x.dtype and ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading notebooks, importing without Jupyter
+# ---------------------------------------------------------------------------------------------------------
+def test_the_exercises_of_a_notebook_are_found_three_ways():
+    by_metadata = {"metadata": {"pooling_homework": {"exercises": ["memory_bound"]}}, "cells": []}
+    assert grading.notebook_exercises(by_metadata, "anything.ipynb") == ["memory_bound"]
+    by_call = {"metadata": {}, "cells": [{"cell_type": "code", "source": "check_output_size(output_size)"}]}
+    assert grading.notebook_exercises(by_call, "submission.ipynb") == ["output_size"]
+    by_name = {"metadata": {}, "cells": []}
+    assert grading.notebook_exercises(by_name, "alice_ex06_global_pooling.ipynb") == \
+        ["global_max_pool_backward", "adaptive_avg_pool2d"]
+    assert grading.notebook_exercises(by_name, "notes.ipynb") == []
+
+
+def test_pooling_lib_and_the_checks_import_without_jupyter():
+    code = ("import sys\n"
+            "for name in ('nbclient', 'nbformat', 'IPython', 'jupyter_client'):\n"
+            "    sys.modules[name] = None\n"
+            "import pooling_lib, pooling_lib.grading as g\n"
+            "r = g.check_output_size(lambda L, k, s, p=0, d=1, c=False: (L + 2*p - d*(k-1) - 1) // s + 1)\n"
+            "print(r.status)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "failed"  # right values, but ceil_mode ignored: the check itself ran
