@@ -30,7 +30,7 @@ book: $(VENV)/.book-deps
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 test: $(VENV)/.test-deps
-	$(PY) -m pytest tests pooling_lib --doctest-modules
+	$(PY) -m pytest tests pooling_lib --doctest-modules -n 2
 	@notebooks="$$($(PY) tests/toc_notebooks.py)"; \
 	if [ -z "$$notebooks" ]; then echo "nbval: _toc.yml lists no notebook yet"; \
 	else echo "nbval over:" $$notebooks; $(PY) -m pytest --nbval --nbval-current-env -n 2 --dist loadfile $$notebooks; fi

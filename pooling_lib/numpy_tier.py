@@ -3,7 +3,9 @@
 The only Python loop runs over the ``kernel_h * kernel_w`` taps of a window. For tap ``(a, b)`` the strided
 view ``xp[:, :, a*d_h : ... : s_h, b*d_w : ... : s_w]`` holds that tap of *every* window at once, so a
 running maximum (or sum) over the taps pools the whole batch. The update rule is the naive tier's, applied
-elementwise, so the results are bit-identical to it.
+elementwise, so max/min pooling (forward and backward) and the average-pooling forward are bit-identical to it.
+The average-pooling backward adds a cell's shares tap by tap rather than window by window, so where windows
+overlap it can differ from the naive tier in the last bit.
 """
 import numpy as np
 
@@ -68,7 +70,7 @@ def max_pool_backward(grad_out, x, g, minimum=False):
     """Scatter-add each window's gradient to its winner, in row-major window order (as PyTorch)."""
     _, index = max_pool_forward(x, g, minimum)
     plane = g.H * g.W
-    flat = index.reshape(g.N * g.C, -1) + (np.arange(g.N * g.C, dtype=np.int64) * plane)[:, None]
+    flat = index.reshape(g.N * g.C, g.out_h * g.out_w) + (np.arange(g.N * g.C, dtype=np.int64) * plane)[:, None]
     grad_x = np.zeros(g.N * g.C * plane, dtype=x.dtype)
     np.add.at(grad_x, flat.ravel(), np.ascontiguousarray(grad_out).ravel())
     return grad_x.reshape(g.N, g.C, g.H, g.W)

@@ -177,8 +177,8 @@ def check_layout(layout):
 def check_input(x, name="x", ndim=4):
     """Return ``x`` as a float32 or float64 ndarray, or raise.
 
-    float32 and float64 keep their dtype; every other real dtype (integers, bool, float16) is
-    converted to float64. Complex, object, string and other non-real dtypes are a TypeError.
+    float32 and float64 keep their dtype (a byte-swapped one becomes native); every other real dtype (integers,
+    bool, float16, longdouble) is converted to float64. Complex, object, string and other non-real dtypes are a TypeError.
     """
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple, numbers.Number)):
@@ -188,7 +188,9 @@ def check_input(x, name="x", ndim=4):
     kind = x.dtype.kind
     if kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers (float32, float64, an integer or bool dtype), got dtype {x.dtype}")
-    if x.dtype != np.float32 and x.dtype != np.float64:
+    if kind == "f" and x.dtype.itemsize in (4, 8):
+        x = x.astype(np.float32 if x.dtype.itemsize == 4 else np.float64, copy=False)  # byte-swapped -> native
+    else:
         x = x.astype(np.float64)
     if x.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array, got ndim={x.ndim} with shape {x.shape}")

@@ -1,0 +1,317 @@
+"""Cross-check against PyTorch, the reference the library promises to match.
+
+Forward values, winner indices and gradients of ``torch.nn.functional.max_pool2d`` / ``avg_pool2d`` /
+``adaptive_max_pool2d(x, 1)`` / ``adaptive_avg_pool2d(x, 1)`` over a few hundred seeded random configurations
+(ties, NaN, +-inf, padding, ceil_mode, dilation, count_include_pad, divisor_override, float32 and float64, NCHW
+and NHWC against PyTorch's channels_last), on every backend. Max/min pooling (values, indices, gradients) and the average pooling forward must match bit for bit;
+the average pooling backward and global average pooling agree to rounding (the sums run in other orders).
+
+PyTorch is an oracle, not a dependency: without it this module is skipped, visibly. When the environment
+variable ``CI`` is set (CI sets ``CI=true``), a missing or broken torch FAILS instead, so that a broken
+install cannot silently switch the cross-check off.
+"""
+import functools
+import os
+
+import numpy as np
+import pytest
+
+import pooling_lib as pl
+from _helpers import BACKENDS, assert_identical, has_empty_window
+
+TORCH_REASON = "PyTorch is not installed: the cross-check needs it (CI installs torch==2.13.0)"
+
+
+def _running_in_ci():
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+if _running_in_ci():
+    try:
+        import torch
+    except Exception as exc:  # ImportError, or a broken install raising something else
+        pytest.fail(f"CI is set but PyTorch cannot be imported ({type(exc).__name__}: {exc}); "
+                    f"the PyTorch cross-check must run in CI. {TORCH_REASON}", pytrace=False)
+else:
+    torch = pytest.importorskip("torch", reason=TORCH_REASON)
+
+import torch.nn.functional as TF  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+torch.set_num_threads(1)  # tiny tensors: threads only add overhead (results do not depend on it)
+
+N_MAX_CONFIGS = 150
+N_AVG_CONFIGS = 150
+N_GLOBAL_CONFIGS = 40
+VALUE_KINDS = ("ties", "specials", "normal")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Seeded random configurations
+# --------------------------------------------------------------------------------------------------------------
+def _values(rng, shape, kind, dtype):
+    if kind == "normal":
+        return rng.standard_normal(shape).astype(dtype)
+    x = rng.integers(-3, 4, shape).astype(dtype)  # small integers: ties in most windows
+    if kind == "specials":
+        specials = np.array([np.nan, -np.inf, np.inf, -0.0], dtype=dtype)
+        mask = rng.random(shape) < 0.2
+        x[mask] = rng.choice(specials, size=int(mask.sum()))
+    return x
+
+
+def _geometry(rng, avg):
+    """Draw (kernel, stride, padding, dilation, ceil_mode, H, W) until the geometry is valid and has no window
+    without an input cell (that case is tested in test_errors.py::test_window_with_no_input_cell)."""
+    while True:
+        k = tuple(int(v) for v in rng.integers(1, 5, 2))
+        s = None if rng.random() < 0.2 else tuple(int(v) for v in rng.integers(1, 4, 2))
+        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        d = (1, 1) if avg else tuple(int(v) for v in rng.choice([1, 1, 2, 3], 2))
+        ceil_mode = bool(rng.random() < 0.5)
+        H, W = (int(v) for v in rng.integers(1, 11, 2))
+        ss = s or k
+        out = pl.pool2d_output_size((H, W), k, ss, p, d, ceil_mode)
+        if min(out) < 1:
+            continue
+        if any(has_empty_window(L, k[a], ss[a], p[a], d[a], ceil_mode) for a, L in enumerate((H, W))):
+            continue
+        # exercise both spellings: an int where both entries agree
+        def spell(v):
+            return v[0] if v is not None and v[0] == v[1] and rng.random() < 0.5 else v
+        return dict(kernel_size=spell(k), stride=spell(s), padding=spell(p), dilation=spell(d),
+                    ceil_mode=ceil_mode), (H, W)
+
+
+@functools.lru_cache(maxsize=None)
+def make_case(kind, i):
+    """Configuration ``i`` of ``kind`` ("max", "avg" or "global"): (x in its layout, kwargs, layout, dtype)."""
+    rng = np.random.default_rng([{"max": 1, "avg": 2, "global": 3}[kind], i])
+    dtype = (np.float32, np.float64)[i % 2]
+    layout = ("NCHW", "NHWC")[(i // 2) % 2]
+    values = VALUE_KINDS[i % 3]
+    N, C = int(rng.integers(1, 3)), int(rng.integers(1, 4))
+    if kind == "global":
+        kwargs, (H, W) = {}, tuple(int(v) for v in rng.integers(1, 9, 2))
+    else:
+        kwargs, (H, W) = _geometry(rng, avg=(kind == "avg"))
+        if kind == "avg":
+            del kwargs["dilation"]
+            kwargs["count_include_pad"] = bool(rng.random() < 0.5)
+            kwargs["divisor_override"] = [None, None, None, int(rng.integers(1, 7)), -int(rng.integers(1, 4))][
+                int(rng.integers(0, 5))]
+    x = _values(rng, (N, C, H, W), values, dtype)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    return x, kwargs, layout, dtype
+
+
+def _describe(kind, i):
+    x, kwargs, layout, dtype = make_case(kind, i)
+    return f"{kind}{i}-{layout}-{np.dtype(dtype).name}-{x.shape}-{kwargs}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PyTorch side
+# --------------------------------------------------------------------------------------------------------------
+def to_torch(x, layout):
+    """A leaf tensor with NCHW axes; for NHWC input its memory is channels_last (as a real NHWC tensor's)."""
+    t = torch.from_numpy(np.array(x))
+    if layout == "NHWC":
+        t = t.permute(0, 3, 1, 2)
+        assert t.is_contiguous(memory_format=torch.channels_last)
+    return t.detach().requires_grad_(True)
+
+
+def from_torch(t, layout):
+    a = t.detach().numpy()
+    return a.transpose(0, 2, 3, 1) if layout == "NHWC" else a
+
+
+def to_torch_grad(g, layout):
+    t = torch.from_numpy(np.array(g))
+    return t.permute(0, 3, 1, 2) if layout == "NHWC" else t
+
+
+@functools.lru_cache(maxsize=None)
+def torch_extremum(i, op):
+    """PyTorch's max pooling of x; min pooling as max pooling of -x (values negated back, same winners).
+
+    The min gradient is the max gradient at -x with the same upstream gradient: it routes each window's
+    gradient to the winner of -x, i.e. to the minimum of x (differentiating -max(-x) through autograd instead
+    would negate the untouched zeros into -0.0).
+    """
+    x, kw, layout, dtype = make_case("max", i)
+    t = to_torch(x if op == "max" else -x, layout)
+    out, ind = TF.max_pool2d(t, kw["kernel_size"], kw["stride"], kw["padding"], kw["dilation"], kw["ceil_mode"],
+                             return_indices=True)
+    g = np.random.default_rng([9, i]).standard_normal(from_torch(out, layout).shape).astype(dtype)
+    out.backward(to_torch_grad(g, layout))
+    values = from_torch(out, layout)
+    return (values if op == "max" else -values), from_torch(ind, layout), g, from_torch(t.grad, layout)
+
+
+@functools.lru_cache(maxsize=None)
+def torch_avg(i):
+    x, kw, layout, dtype = make_case("avg", i)
+    t = to_torch(x, layout)
+    out = TF.avg_pool2d(t, kw["kernel_size"], kw["stride"], kw["padding"], kw["ceil_mode"],
+                        kw["count_include_pad"], kw["divisor_override"])
+    g = np.random.default_rng([9, i]).standard_normal(from_torch(out, layout).shape).astype(dtype)
+    out.backward(to_torch_grad(g, layout))
+    return from_torch(out, layout), g, from_torch(t.grad, layout)
+
+
+def avg_tolerance(dtype):
+    return dict(rtol=1e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("i", range(N_MAX_CONFIGS), ids=lambda i: _describe("max", i))
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_extremum_pool_matches_torch_bitwise(op, i, backend):
+    x, kw, layout, dtype = make_case("max", i)
+    t_out, t_ind, g, t_grad = torch_extremum(i, op)
+    forward, backward = {"max": (pl.max_pool2d, pl.max_pool2d_backward),
+                         "min": (pl.min_pool2d, pl.min_pool2d_backward)}[op]
+    out, ind = forward(x, **kw, return_indices=True, layout=layout, backend=backend)
+    assert_identical(out, t_out, err_msg="forward values")
+    assert_identical(ind, t_ind, err_msg="indices")
+    grad = backward(g, x, **kw, layout=layout, backend=backend)
+    assert_identical(grad, t_grad, err_msg="gradient")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("i", range(N_AVG_CONFIGS), ids=lambda i: _describe("avg", i))
+def test_avg_pool_matches_torch(i, backend):
+    x, kw, layout, dtype = make_case("avg", i)
+    t_out, g, t_grad = torch_avg(i)
+    out = pl.avg_pool2d(x, **kw, layout=layout, backend=backend)
+    # Every tier sums a window's real cells in row-major order from 0 in the input dtype and divides once,
+    # as PyTorch 2.13's CPU kernels do (NCHW and channels_last): the forward matches bit for bit, except for the
+    # sign of a zero average under a negative divisor_override (0.0 / -2 is -0.0 here; PyTorch returns +0.0).
+    assert_identical(out, t_out, err_msg="forward", signed_zeros=(kw["divisor_override"] or 1) > 0)
+    grad = pl.avg_pool2d_backward(g, x, **kw, layout=layout, backend=backend)
+    assert grad.dtype == dtype and grad.shape == t_grad.shape
+    np.testing.assert_allclose(grad, t_grad, **avg_tolerance(dtype), err_msg="gradient")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("i", range(N_GLOBAL_CONFIGS), ids=lambda i: _describe("global", i))
+def test_global_pooling_matches_torch(i, backend):
+    x, _, layout, dtype = make_case("global", i)
+    t = to_torch(x, layout)
+    t_out, t_ind = TF.adaptive_max_pool2d(t, 1, return_indices=True)
+    g = np.random.default_rng([9, i]).standard_normal(t_out.shape[:2]).astype(dtype)
+    t_out.backward(torch.from_numpy(g)[:, :, None, None])
+    out = pl.global_max_pool2d(x, layout=layout, backend=backend)
+    assert_identical(out, t_out.detach().numpy()[:, :, 0, 0], err_msg="global max")
+    assert_identical(pl.global_max_pool2d_backward(g, x, layout=layout, backend=backend), from_torch(t.grad, layout),
+                     err_msg="global max gradient")
+    # the winner indices, through the windowed function with one plane-sized window
+    H, W = (x.shape[2], x.shape[3]) if layout == "NCHW" else (x.shape[1], x.shape[2])
+    _, ind = pl.max_pool2d(x, (H, W), return_indices=True, layout=layout, backend=backend)
+    ind = ind[:, :, 0, 0] if layout == "NCHW" else ind[:, 0, 0, :]
+    assert_identical(ind, t_ind.numpy()[:, :, 0, 0], err_msg="global max indices")
+
+    t = to_torch(x, layout)
+    t_out = TF.adaptive_avg_pool2d(t, 1)
+    t_out.backward(torch.from_numpy(g)[:, :, None, None])
+    out = pl.global_avg_pool2d(x, layout=layout, backend=backend)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, t_out.detach().numpy()[:, :, 0, 0], equal_nan=True, **avg_tolerance(dtype))
+    np.testing.assert_allclose(pl.global_avg_pool2d_backward(g, x, layout=layout, backend=backend),
+                               from_torch(t.grad, layout), **avg_tolerance(dtype))
+
+
+def test_the_configurations_cover_the_features():
+    """The random configurations really contain what this module claims to test."""
+    seen = set()
+    for i in range(N_MAX_CONFIGS):
+        x, kw, layout, dtype = make_case("max", i)
+        pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+        k, p, d = pair(kw["kernel_size"]), pair(kw["padding"]), pair(kw["dilation"])
+        s = pair(kw["stride"]) if kw["stride"] is not None else k
+        seen |= {("layout", layout), ("dtype", np.dtype(dtype).name)}
+        seen |= {("padding",)} if max(p) > 0 else set()
+        seen |= {("dilation",)} if max(d) > 1 else set()
+        seen |= {("ceil",)} if kw["ceil_mode"] else set()
+        seen |= {("overlap",)} if s[0] < k[0] or s[1] < k[1] else set()
+        seen |= {("stride>kernel",)} if s[0] > k[0] or s[1] > k[1] else set()
+        seen |= {("nan",)} if np.isnan(x).any() else set()
+        seen |= {("-inf",)} if np.isneginf(x).any() else set()
+        if kw["ceil_mode"]:
+            args = (x.shape[1:3] if layout == "NHWC" else x.shape[2:], kw["kernel_size"], kw["stride"],
+                    kw["padding"], kw["dilation"])
+            if pl.pool2d_output_size(*args, ceil_mode=True) != pl.pool2d_output_size(*args, ceil_mode=False):
+                seen.add(("ceil-changes-size",))
+    for i in range(N_AVG_CONFIGS):
+        _, kw, _, _ = make_case("avg", i)
+        seen |= {("count_include_pad", kw["count_include_pad"])}
+        seen |= {("divisor_override", None if kw["divisor_override"] is None else kw["divisor_override"] > 0)}
+    expected = {("layout", "NCHW"), ("layout", "NHWC"), ("dtype", "float32"), ("dtype", "float64"), ("padding",),
+                ("dilation",), ("ceil",), ("overlap",), ("stride>kernel",), ("nan",), ("-inf",),
+                ("ceil-changes-size",), ("count_include_pad", True), ("count_include_pad", False),
+                ("divisor_override", None), ("divisor_override", True), ("divisor_override", False)}
+    assert expected <= seen, expected - seen
+
+
+REJECTED = [
+    (5, 5, dict(kernel_size=2, padding=2)),  # padding over half the kernel
+    (5, 5, dict(kernel_size=3, padding=2)),
+    (5, 5, dict(kernel_size=(3, 1), padding=(1, 1))),
+    (5, 5, dict(kernel_size=1, padding=1)),
+    (2, 2, dict(kernel_size=3)),  # output too small
+    (1, 6, dict(kernel_size=(2, 2), stride=1)),
+    (3, 3, dict(kernel_size=(2, 5), padding=(0, 0))),
+    (3, 3, dict(kernel_size=(2, 6), stride=1, ceil_mode=True)),  # rounding up cannot help with stride 1
+]
+REJECTED_DILATED = [
+    (4, 4, dict(kernel_size=3, dilation=2)),  # a dilated window of 5 cells on 4
+    (6, 6, dict(kernel_size=(2, 3), dilation=(1, 4), padding=(0, 1))),  # 9 cells on 6 + 2
+]
+
+
+@pytest.mark.parametrize("H, W, kw", REJECTED + REJECTED_DILATED)
+def test_max_pool_configurations_torch_rejects_raise_value_error(H, W, kw):
+    x = np.zeros((1, 1, H, W))
+    with pytest.raises(RuntimeError):
+        TF.max_pool2d(torch.from_numpy(x), **kw)
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="padding|kernel_size"):
+            pl.max_pool2d(x, **kw, backend=backend)
+        with pytest.raises(ValueError, match="padding|kernel_size"):
+            pl.min_pool2d(x, **kw, backend=backend)
+
+
+@pytest.mark.parametrize("H, W, kw", REJECTED)
+def test_avg_pool_configurations_torch_rejects_raise_value_error(H, W, kw):
+    x = np.zeros((1, 1, H, W))
+    with pytest.raises(RuntimeError):
+        TF.avg_pool2d(torch.from_numpy(x), **kw)
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="padding|kernel_size"):
+            pl.avg_pool2d(x, **kw, backend=backend)
+
+
+def test_output_sizes_match_torch():
+    """pool2d_output_size equals PyTorch's output shape wherever PyTorch accepts the geometry."""
+    rng = np.random.default_rng(11)
+    checked = 0
+    for _ in range(400):
+        L = int(rng.integers(1, 16))
+        k, s, d = int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(1, 4))
+        p = int(rng.integers(0, k // 2 + 1))
+        ceil_mode = bool(rng.random() < 0.5)
+        try:
+            shape = TF.max_pool2d(torch.zeros(1, 1, 1, L), (1, k), (1, s), (0, p), (1, d), ceil_mode).shape
+        except RuntimeError:
+            assert pl.pool2d_output_size(L, k, s, p, d, ceil_mode) < 1
+            continue
+        assert pl.pool2d_output_size(L, k, s, p, d, ceil_mode) == shape[-1], (L, k, s, p, d, ceil_mode)
+        checked += 1
+    assert checked > 300

@@ -1,0 +1,404 @@
+"""Every bad input raises the right exception type with a message that names the offending argument."""
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import pooling_lib as pl
+from pooling_lib import functional as F
+
+X = np.zeros((1, 1, 4, 4))
+G2 = np.zeros((1, 1, 2, 2))  # the output (and grad_out) shape of a 2x2 pooling of X
+
+def _caller(function, backward, windowed):
+    """Call ``function`` with good defaults (x = X, kernel_size = 2, a grad_out of the right shape) overridden
+    by the keyword arguments given; ``grad_out`` is used only by backward functions."""
+    def call(**kw):
+        x = kw.pop("x", X)
+        grad_out = kw.pop("grad_out", G2 if windowed else np.zeros((1, 1)))
+        if windowed:
+            kw = {"kernel_size": 2, **kw}
+        return function(grad_out, x, **kw) if backward else function(x, **kw)
+    return call
+
+
+EXTREMUM_FUNCS = {name: _caller(getattr(pl, name), name.endswith("backward"), True)
+                  for name in ("max_pool2d", "min_pool2d", "max_pool2d_backward", "min_pool2d_backward")}
+AVG_FUNCS = {name: _caller(getattr(pl, name), name.endswith("backward"), True)
+             for name in ("avg_pool2d", "avg_pool2d_backward")}
+WINDOWED_FUNCS = {**EXTREMUM_FUNCS, **AVG_FUNCS}
+GLOBAL_FUNCS = {name: _caller(getattr(pl, name), name.endswith("backward"), False)
+                for name in ("global_max_pool2d", "global_avg_pool2d", "global_max_pool2d_backward",
+                             "global_avg_pool2d_backward")}
+ALL_FUNCS = {**WINDOWED_FUNCS, **GLOBAL_FUNCS}
+
+
+def test_the_good_defaults_work():
+    """The tables above are valid calls, so each error below comes from the one bad argument."""
+    for name, call in ALL_FUNCS.items():
+        call()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Size arguments
+# --------------------------------------------------------------------------------------------------------------
+SIZE_CASES = [
+    (0, ValueError), (-1, ValueError), ((2, 0), ValueError), ((-2, 2), ValueError),
+    (2.0, TypeError), ((2, 2.0), TypeError), (True, TypeError), ((2, False), TypeError), (np.bool_(True), TypeError),
+    ((2, 2, 2), ValueError), ((2,), ValueError), ((), ValueError), ("2", TypeError), (np.array([2, 2]), TypeError),
+    (1.5, TypeError),
+]
+
+
+@pytest.mark.parametrize("value, exc", SIZE_CASES, ids=repr)
+@pytest.mark.parametrize("func", list(WINDOWED_FUNCS))
+def test_bad_kernel_size(func, value, exc):
+    with pytest.raises(exc, match="kernel_size"):
+        WINDOWED_FUNCS[func](kernel_size=value)
+
+
+@pytest.mark.parametrize("value, exc", SIZE_CASES, ids=repr)
+@pytest.mark.parametrize("func", list(WINDOWED_FUNCS))
+def test_bad_stride(func, value, exc):
+    with pytest.raises(exc, match="stride"):
+        WINDOWED_FUNCS[func](stride=value)
+
+
+@pytest.mark.parametrize("value, exc", SIZE_CASES, ids=repr)
+@pytest.mark.parametrize("func", list(EXTREMUM_FUNCS))
+def test_bad_dilation(func, value, exc):
+    with pytest.raises(exc, match="dilation"):
+        EXTREMUM_FUNCS[func](dilation=value)
+
+
+@pytest.mark.parametrize("value, exc", [
+    (-1, ValueError), ((0, -1), ValueError), (1.0, TypeError), (True, TypeError), ((0, 0, 0), ValueError),
+    (None, TypeError),
+], ids=repr)
+@pytest.mark.parametrize("func", list(WINDOWED_FUNCS))
+def test_bad_padding(func, value, exc):
+    with pytest.raises(exc, match="padding"):
+        WINDOWED_FUNCS[func](padding=value)
+
+
+@pytest.mark.parametrize("kernel_size, padding", [(2, 2), (3, 2), (1, 1), ((3, 3), (0, 2)), ((2, 4), (2, 1)),
+                                                  ((4, 1), (1, 1))])
+@pytest.mark.parametrize("func", list(WINDOWED_FUNCS))
+def test_padding_over_half_the_kernel(func, kernel_size, padding):
+    x = np.zeros((1, 1, 6, 6))
+    with pytest.raises(ValueError, match="padding"):
+        WINDOWED_FUNCS[func](x=x, kernel_size=kernel_size, padding=padding, grad_out=np.zeros((1, 1, 9, 9)))
+
+
+def test_padding_exactly_half_the_kernel_is_allowed():
+    out = pl.max_pool2d(np.zeros((1, 1, 4, 4)), (4, 3), padding=(2, 1), stride=1)
+    assert out.shape == (1, 1, 5, 4)
+
+
+@pytest.mark.parametrize("shape, kwargs", [
+    ((1, 1, 2, 2), dict(kernel_size=3)),
+    ((1, 1, 4, 2), dict(kernel_size=(2, 3))),
+    ((1, 1, 5, 5), dict(kernel_size=3, dilation=3)),  # the dilated window spans 7 cells
+    ((1, 1, 1, 1), dict(kernel_size=2, padding=0, stride=1)),
+    ((1, 1, 2, 2), dict(kernel_size=5, padding=1)),  # 5 > 2 + 2
+    ((1, 2, 2, 6), dict(kernel_size=(2, 3), layout="NHWC")),  # NHWC: W = 2 (read as NCHW, W = 6 would fit)
+])
+@pytest.mark.parametrize("func", list(EXTREMUM_FUNCS))
+def test_window_larger_than_padded_input(func, shape, kwargs):
+    with pytest.raises(ValueError, match="kernel_size"):
+        EXTREMUM_FUNCS[func](x=np.zeros(shape), grad_out=np.zeros((1, 1, 1, 1)), **kwargs)
+
+
+@pytest.mark.parametrize("func", list(AVG_FUNCS))
+def test_avg_window_larger_than_padded_input(func):
+    with pytest.raises(ValueError, match="kernel_size"):
+        AVG_FUNCS[func](x=np.zeros((1, 1, 2, 2)), kernel_size=(3, 2), grad_out=np.zeros((1, 1, 1, 1)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Flags and options
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [1, 0, "True", None, 1.0, np.array([True])], ids=repr)
+@pytest.mark.parametrize("func", list(WINDOWED_FUNCS))
+def test_non_bool_ceil_mode(func, value):
+    with pytest.raises(TypeError, match="ceil_mode"):
+        WINDOWED_FUNCS[func](ceil_mode=value)
+
+
+@pytest.mark.parametrize("value", [1, 0, "False", None])
+@pytest.mark.parametrize("func", list(AVG_FUNCS))
+def test_non_bool_count_include_pad(func, value):
+    with pytest.raises(TypeError, match="count_include_pad"):
+        AVG_FUNCS[func](count_include_pad=value)
+
+
+def test_numpy_bools_are_bools():
+    a = pl.avg_pool2d(np.ones((1, 1, 3, 3)), 2, padding=1, ceil_mode=np.bool_(False), count_include_pad=np.bool_(False))
+    np.testing.assert_array_equal(a, np.ones((1, 1, 2, 2)))
+
+
+@pytest.mark.parametrize("value, exc", [(0, ValueError), (np.int64(0), ValueError), (2.0, TypeError),
+                                        (True, TypeError), ("2", TypeError), ((2, 2), TypeError)], ids=repr)
+@pytest.mark.parametrize("func", list(AVG_FUNCS))
+def test_bad_divisor_override(func, value, exc):
+    with pytest.raises(exc, match="divisor_override"):
+        AVG_FUNCS[func](divisor_override=value)
+
+
+@pytest.mark.parametrize("value", ["nchw", "NWHC", "CHW", "", None, 0, ("NCHW",)], ids=repr)
+@pytest.mark.parametrize("func", list(ALL_FUNCS))
+def test_unknown_layout(func, value):
+    with pytest.raises(ValueError, match="layout"):
+        ALL_FUNCS[func](layout=value)
+
+
+@pytest.mark.parametrize("value", ["torch", "Naive", "", None, 1, "numba"], ids=repr)
+@pytest.mark.parametrize("func", list(ALL_FUNCS))
+def test_unknown_backend(func, value):
+    with pytest.raises(ValueError, match="backend"):
+        ALL_FUNCS[func](backend=value)
+
+
+def test_backend_not_built(monkeypatch):
+    """On a machine without the compiled extension, asking for it names the backend and the ones available."""
+    monkeypatch.delitem(F._TIERS, "cython", raising=False)
+    assert pl.available_backends() == ("naive", "numpy")
+    with pytest.raises(ValueError, match="backend='cython'.*not available"):
+        pl.max_pool2d(X, 2, backend="cython")
+    with pytest.raises(ValueError, match="backend='cython'.*not available"):
+        pl.global_avg_pool2d(X, backend="cython")
+    with pytest.raises(ValueError, match="backend='cython'.*not available"):
+        pl.GlobalMaxPool2d(backend="cython").forward(X)
+    # "auto" falls back to the NumPy tier
+    np.testing.assert_array_equal(pl.max_pool2d(X, 2, backend="auto"), np.zeros((1, 1, 2, 2)))
+
+
+def test_available_backends():
+    backends = pl.available_backends()
+    assert isinstance(backends, tuple)
+    assert backends[:2] == ("naive", "numpy")
+    assert set(backends) <= {"naive", "numpy", "cython"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The input array
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(4, 4), (1, 4, 4), (1, 1, 1, 4, 4), ()])
+@pytest.mark.parametrize("func", list(ALL_FUNCS))
+def test_wrong_ndim(func, shape):
+    with pytest.raises(ValueError, match=r"\bx\b.*4-D"):
+        ALL_FUNCS[func](x=np.zeros(shape))
+
+
+@pytest.mark.parametrize("x", [
+    np.zeros((1, 1, 4, 4), dtype=np.complex128),
+    np.zeros((1, 1, 4, 4), dtype=np.complex64),
+    np.zeros((1, 1, 4, 4), dtype=object),
+    np.full((1, 1, 4, 4), "a"),
+    np.zeros((1, 1, 4, 4), dtype="S1"),
+    np.zeros((1, 1, 4, 4), dtype="datetime64[s]"),
+    np.zeros((1, 1, 4, 4), dtype="timedelta64[s]"),
+], ids=lambda a: str(a.dtype))
+@pytest.mark.parametrize("func", list(ALL_FUNCS))
+def test_non_real_dtypes(func, x):
+    with pytest.raises(TypeError, match=r"\bx\b"):
+        ALL_FUNCS[func](x=x)
+
+
+@pytest.mark.parametrize("x", [None, {"a": 1}, "abc", object()], ids=["None", "dict", "str", "object"])
+@pytest.mark.parametrize("func", list(ALL_FUNCS))
+def test_not_an_array(func, x):
+    with pytest.raises(TypeError, match=r"\bx\b"):
+        ALL_FUNCS[func](x=x)
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 4, 4), (1, 1, 0, 4), (1, 1, 4, 0)])
+@pytest.mark.parametrize("func", list(WINDOWED_FUNCS))
+def test_empty_plane_or_no_channels(func, shape):
+    with pytest.raises(ValueError, match=r"\bx\b"):
+        WINDOWED_FUNCS[func](x=np.zeros(shape), kernel_size=1, grad_out=np.zeros(shape))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# grad_out
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 1, 2, 3), (1, 1, 3, 3), (1, 2, 2, 2), (2, 1, 2, 2), (1, 1, 4, 4), (1, 1, 2),
+                                   (1, 1, 2, 2, 1), (4,)])
+@pytest.mark.parametrize("func", [f for f in WINDOWED_FUNCS if f.endswith("backward")])
+def test_grad_out_wrong_shape(func, shape):
+    with pytest.raises(ValueError, match="grad_out"):
+        WINDOWED_FUNCS[func](grad_out=np.zeros(shape))
+
+
+@pytest.mark.parametrize("func", [f for f in WINDOWED_FUNCS if f.endswith("backward")])
+def test_grad_out_given_in_the_other_layout(func):
+    x = np.zeros((1, 4, 6, 3))  # NHWC: C = 3, (H, W) = (4, 6); the output is (1, 2, 3, 3) in NHWC
+    WINDOWED_FUNCS[func](x=x, grad_out=np.zeros((1, 2, 3, 3)), layout="NHWC")
+    with pytest.raises(ValueError, match="grad_out"):
+        WINDOWED_FUNCS[func](x=x, grad_out=np.zeros((1, 3, 2, 3)), layout="NHWC")  # NCHW order
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 2), (2, 1), (1, 1, 1, 1), (), (1, 1, 1)])
+@pytest.mark.parametrize("func", ["global_max_pool2d_backward", "global_avg_pool2d_backward"])
+def test_global_grad_out_wrong_shape(func, shape):
+    with pytest.raises(ValueError, match="grad_out"):
+        GLOBAL_FUNCS[func](grad_out=np.zeros(shape))
+
+
+@pytest.mark.parametrize("func", ["global_max_pool2d_backward", "global_avg_pool2d_backward"])
+def test_global_grad_out_nhwc(func):
+    x = np.zeros((2, 3, 4, 5))  # NHWC: N = 2, C = 5
+    assert GLOBAL_FUNCS[func](x=x, grad_out=np.zeros((2, 5)), layout="NHWC").shape == x.shape
+    with pytest.raises(ValueError, match="grad_out"):
+        GLOBAL_FUNCS[func](x=x, grad_out=np.zeros((2, 3)), layout="NHWC")
+
+
+@pytest.mark.parametrize("func", [f for f in ALL_FUNCS if f.endswith("backward")])
+@pytest.mark.parametrize("dtype", [np.complex128, object, "U1"])
+def test_grad_out_non_real(func, dtype):
+    shape = (1, 1) if func.startswith("global") else (1, 1, 2, 2)
+    with pytest.raises(TypeError, match="grad_out"):
+        ALL_FUNCS[func](grad_out=np.zeros(shape, dtype=dtype))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer", [pl.MaxPool2d(2), pl.MinPool2d(2), pl.AvgPool2d(2), pl.GlobalMaxPool2d(),
+                                   pl.GlobalAvgPool2d()], ids=lambda layer: type(layer).__name__)
+def test_layer_backward_before_forward(layer):
+    with pytest.raises(RuntimeError, match="forward"):
+        layer.backward(np.zeros((1, 1, 2, 2)))
+
+
+def test_layer_with_bad_options_raises_like_the_function():
+    with pytest.raises(ValueError, match="padding"):
+        pl.MaxPool2d(2, padding=2).forward(X)
+    with pytest.raises(ValueError, match="layout"):
+        pl.GlobalAvgPool2d(layout="CHW").forward(X)
+    with pytest.raises(TypeError, match="divisor_override"):
+        pl.AvgPool2d(2, divisor_override=1.5).forward(X)
+    layer = pl.MaxPool2d(2)
+    layer.forward(X)
+    with pytest.raises(ValueError, match="grad_out"):
+        layer.backward(np.zeros((1, 1, 3, 3)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A window with no input cell (dilation + padding): rejected with a ValueError naming dilation, on every tier
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape, kw", [
+    ((1, 2, 2, 2), dict(kernel_size=2, stride=1, padding=1, dilation=3)),  # taps at -1 (padding) and 2 (past W)
+    ((1, 1, 5, 2), dict(kernel_size=(1, 2), stride=1, padding=(0, 1), dilation=(1, 3))),
+    ((1, 1, 3, 8), dict(kernel_size=2, stride=(1, 2), padding=(1, 0), dilation=(4, 1))),  # rows: taps -1 and 3
+    ((1, 1, 2, 2), dict(kernel_size=2, stride=1, padding=1, dilation=3, ceil_mode=True)),
+])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_window_with_no_input_cell(backends, shape, kw, layout):
+    """A dilation larger than the plane can step over every input cell of a window.
+
+    PyTorch 2.13 returns -inf for such a window with an index outside the plane, and its backward then writes
+    the gradient out of bounds (into the next plane, or past the buffer for the last one). The library refuses
+    the geometry instead (params.pool_geometry): a ValueError naming ``dilation``, on every tier, forward and
+    backward, max and min - never an IndexError or a result.
+    """
+    # the window count is positive: the error below is about the empty window, not about a window too large
+    assert min(pl.pool2d_output_size(shape[2:], kw["kernel_size"], kw["stride"], kw["padding"], kw["dilation"],
+                                     kw.get("ceil_mode", False))) >= 1
+    x = np.arange(float(np.prod(shape))).reshape(shape)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    grad_out = np.ones((1, 1, 1, 1))
+    for backend in backends:
+        for call in (lambda: pl.max_pool2d(x, **kw, layout=layout, return_indices=True, backend=backend),
+                     lambda: pl.min_pool2d(x, **kw, layout=layout, backend=backend),
+                     lambda: pl.max_pool2d_backward(grad_out, x, **kw, layout=layout, backend=backend),
+                     lambda: pl.min_pool2d_backward(grad_out, x, **kw, layout=layout, backend=backend)):
+            with pytest.raises(ValueError, match="dilation"):
+                call()
+    layer = pl.MaxPool2d(**kw, layout=layout)
+    with pytest.raises(ValueError, match="dilation"):
+        layer(x)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The compiled tier: bad shapes and odd strides give an error or the right answer, never a crash (subprocess)
+# --------------------------------------------------------------------------------------------------------------
+CYTHON_SCRIPT = textwrap.dedent("""
+    import warnings
+    warnings.simplefilter("ignore")
+    import numpy as np
+    import pooling_lib as pl
+
+    rng = np.random.default_rng(0)
+    failures = []
+
+    def expect_error(label, exc, fn):
+        try:
+            fn()
+        except exc:
+            return
+        except Exception as e:
+            failures.append(f"{label}: {type(e).__name__}: {e}")
+            return
+        failures.append(f"{label}: no error")
+
+    x = rng.integers(-3, 4, (2, 3, 6, 7)).astype(np.float64)
+    for dtype in (np.float32, np.float64):
+        xd = x.astype(dtype)
+        for fwd, bwd, kw in ((pl.max_pool2d, pl.max_pool2d_backward, dict(kernel_size=3, stride=2, padding=1)),
+                             (pl.min_pool2d, pl.min_pool2d_backward, dict(kernel_size=2, stride=1, dilation=2)),
+                             (pl.avg_pool2d, pl.avg_pool2d_backward, dict(kernel_size=2)),
+                             (pl.avg_pool2d, pl.avg_pool2d_backward, dict(kernel_size=3, stride=2, padding=1,
+                                                                          ceil_mode=True))):
+            out = fwd(xd, **kw, backend="cython")
+            oh, ow = out.shape[2:]
+            # wrong grad_out shapes, including one with the right size but the wrong shape, and huge ones
+            for shape in [(2, 3, oh, ow + 1), (2, 3, oh + 1, ow), (2, 3, ow, oh), (3, 2, oh, ow), (2, 3, oh),
+                          (2, 3, oh * ow), (2, 3, oh, ow, 1), (2, 3, 50, 50), (1, 1, 1, 1), (0, 3, oh, ow)]:
+                for layout in ("NCHW", "NHWC"):
+                    if shape == ((2, 3, oh, ow) if layout == "NCHW" else (2, oh, ow, 3)):
+                        continue  # that one is right
+                    xl = xd if layout == "NCHW" else np.ascontiguousarray(xd.transpose(0, 2, 3, 1))
+                    expect_error(f"{fwd.__name__} {kw} grad_out {shape} {layout}", ValueError,
+                                 lambda: bwd(np.zeros(shape, dtype), xl, **kw, layout=layout, backend="cython"))
+            g = rng.standard_normal(out.shape).astype(dtype)
+            ref_out = fwd(xd, **kw, backend="naive")
+            ref_grad = bwd(g, xd, **kw, backend="naive")
+            views = {
+                "transposed": np.ascontiguousarray(xd.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2),
+                "sliced": np.repeat(np.repeat(xd, 2, axis=2), 3, axis=3)[:, :, ::2, ::3],
+                "reversed": np.ascontiguousarray(xd[..., ::-1])[..., ::-1],
+                "fortran": np.asfortranarray(xd),
+                "nhwc_memory": np.ascontiguousarray(xd.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+                "channel_slice": np.stack([xd, xd], axis=2).reshape(2, 6, 6, 7)[:, ::2],
+            }
+            ro = xd.copy()
+            ro.flags.writeable = False
+            views["readonly"] = ro
+            for name, v in views.items():
+                assert np.array_equal(v, xd), name
+                try:
+                    got = fwd(v, **kw, backend="cython")
+                    if not np.array_equal(got, ref_out, equal_nan=True):
+                        failures.append(f"{fwd.__name__} {kw} {name} {dtype.__name__}: wrong forward")
+                    gv = np.asfortranarray(g) if name == "fortran" else g[..., ::-1].copy()[..., ::-1]
+                    got = bwd(gv, v, **kw, backend="cython")
+                    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+                    if not np.allclose(got, ref_grad, **tol):
+                        failures.append(f"{bwd.__name__} {kw} {name} {dtype.__name__}: wrong backward")
+                except Exception as e:
+                    failures.append(f"{fwd.__name__} {kw} {name} {dtype.__name__}: {type(e).__name__}: {e}")
+    print("FAILURES:" if failures else "OK")
+    print("\\n".join(failures))
+""")
+
+
+def test_cython_tier_never_crashes_on_bad_shapes_or_strides():
+    if "cython" not in pl.available_backends():
+        pytest.skip("the compiled tier is not built on this machine")
+    proc = subprocess.run([sys.executable, "-c", CYTHON_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"the subprocess crashed (exit code {proc.returncode}):\n{proc.stderr[-3000:]}"
+    assert proc.stdout.startswith("OK"), proc.stdout[-5000:]
