@@ -1,4 +1,1534 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Placeholder: the Cython tier is written in the next step."""
-def omp_threads():
-    return 1
+# cython: language_level=3
+"""Compiled pooling kernels, called by :mod:`pooling_lib.cython_tier` (never by users directly).
+
+Every kernel takes C-contiguous arrays that the tier has allocated and checked, releases the GIL and shares
+its outer loop among ``num_threads`` OpenMP threads (``prange``). Inputs are ``float`` or ``double`` (the fused
+type ``floating``); indices are ``int64``. The kernels follow the naive tier's rules to the bit:
+
+* max (min) pooling: a running best that starts at -inf (+inf) with the index of the window's first real cell and
+  is replaced by a tap ``v`` when ``v > best`` (``v < best``) or ``v != v`` (NaN); padding is never read;
+* backward: each window's gradient is added to its winner, window after window in row-major order, and all
+  the windows that can touch one cell are handled by one thread;
+* average pooling: the real cells are summed in the input dtype in row-major tap order, starting from 0, and
+  the sum is divided once by the divisor converted to the dtype (no reciprocal, no fused multiply-add).
+
+Layout. NCHW kernels run over planes ``n * C + c``; per output row they fold one input row at a time into a
+row of running bests, the innermost loop running over the windows (vectorised, stride 1 or 2). NHWC kernels
+(input ``(N, H, W, C)`` in memory) run over blocks of output rows and keep their innermost loop on the
+contiguous channel axis.
+
+Speed. The block at the top is the readable kernel the book's chapter 8 ends on; the tier calls it for NCHW
+max pooling with indices. The other paths are specialised, without changing a single result:
+
+* a block (a plane, or the rows under some output rows) is scanned for NaN first; where there is none the
+  rule reduces to ``v > best``, a single max instruction, and a winner is the first tap equal to the maximum.
+  The rules are "tag" types of the fused type ``rule_t``, so Cython writes one C function per rule and the C
+  compiler sees a fixed rule in every loop;
+* 2x2 stride-2 windows and 3x3 stride-2 windows get straight-line code (all taps in one pass); windows cut
+  by the padding are handled apart, so the main loops never test for it;
+* winners are tracked as tap offsets held in the float type (same vector width as the values) and the
+  backward adds each gradient to its winner in the same pass: one read of ``x``, one write of ``grad_x``.
+"""
+
+# --- BEGIN CHAPTER 8 KERNEL ---
+cimport cython
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport INFINITY
+from libc.stdint cimport int64_t
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+@cython.cdivision(True)
+@cython.initializedcheck(False)
+def max_pool2d_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
+                    int kernel_h, int kernel_w, int stride_h, int stride_w,
+                    int pad_h, int pad_w, int dilation_h, int dilation_w, int num_threads=1):
+    """Max pooling of a C-contiguous NCHW batch ``x``, with the index of every window's winner.
+
+    The caller allocates ``out`` (float, like ``x``) and ``indices`` (int64), both of the output shape
+    ``(N, C, out_h, out_w)``; this function fills them. ``out[n, c, i, j]`` is the largest value of window
+    ``(i, j)`` of plane ``(n, c)``, and ``indices[n, c, i, j]`` is its flat position ``h * W + w`` in the
+    unpadded plane. Padding is never read: each window's tap range is clipped to the plane. The running
+    maximum starts at -inf with the index of the window's first real cell, and a tap ``v`` replaces it when
+    ``v > best or v != v`` (larger, or NaN): the first maximum wins a tie and a NaN always wins. The GIL is
+    released and the ``N * C`` planes are shared among ``num_threads`` OpenMP threads.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+    cdef Py_ssize_t plane, n, c, i, j, a, b, h, w, h0, w0, a_lo, a_hi, b_lo, b_hi
+    cdef int64_t winner
+    cdef floating best, v
+    for plane in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
+        n = plane // C
+        c = plane % C
+        for i in range(out_h):
+            h0 = i * stride_h - pad_h                  # row of the window's first tap (may be in the padding)
+            a_lo = 0                                   # first tap row inside the plane ...
+            if h0 < 0:
+                a_lo = (-h0 + dilation_h - 1) // dilation_h
+            a_hi = min(kernel_h, (H - h0 + dilation_h - 1) // dilation_h)   # ... and one past the last
+            for j in range(out_w):
+                w0 = j * stride_w - pad_w
+                b_lo = 0
+                if w0 < 0:
+                    b_lo = (-w0 + dilation_w - 1) // dilation_w
+                b_hi = min(kernel_w, (W - w0 + dilation_w - 1) // dilation_w)
+                best = -INFINITY
+                winner = (h0 + a_lo * dilation_h) * W + (w0 + b_lo * dilation_w)
+                for a in range(a_lo, a_hi):
+                    h = h0 + a * dilation_h
+                    for b in range(b_lo, b_hi):
+                        w = w0 + b * dilation_w
+                        v = x[n, c, h, w]
+                        if v > best or v != v:
+                            best = v
+                            winner = h * W + w
+                out[n, c, i, j] = best
+                indices[n, c, i, j] = winner
+# --- END CHAPTER 8 KERNEL ---
+
+from cython.parallel cimport parallel, threadid
+from libc.string cimport memset
+
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int pl_openmp_enabled(void) { return 1; }
+    static int pl_default_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int pl_openmp_enabled(void) { return 0; }
+    static int pl_default_threads(void) { return 1; }
+    #endif
+    """
+    int pl_openmp_enabled() noexcept nogil
+    int pl_default_threads() noexcept nogil
+
+
+def openmp_enabled():
+    """True when the extension was compiled with OpenMP (``prange`` then really runs in parallel)."""
+    return bool(pl_openmp_enabled())
+
+
+def default_num_threads():
+    """OpenMP's default team size (``omp_get_max_threads()``), or 1 without OpenMP."""
+    return pl_default_threads()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The update rule, chosen at compile time. A kernel scans its data for NaN first; where there is none, the
+# rule without the NaN test gives the same bits and compiles to a single max (min) instruction. The four
+# rules are empty "tag" types of one fused type, so Cython writes one specialised C function per rule (and
+# per float type), and the C compiler sees a fixed rule in every loop, whatever it decides to inline.
+
+ctypedef struct MaxRule:
+    char unused
+ctypedef struct MinRule:
+    char unused
+ctypedef struct MaxRuleNoNaN:
+    char unused
+ctypedef struct MinRuleNoNaN:
+    char unused
+
+ctypedef fused rule_t:
+    MaxRule
+    MinRule
+    MaxRuleNoNaN
+    MinRuleNoNaN
+
+
+cdef inline bint _wins(floating v, floating best, rule_t* rule) noexcept nogil:
+    """True when the tap value v replaces the running best."""
+    if rule_t is MaxRule:
+        return (v > best) | (v != v)
+    elif rule_t is MinRule:
+        return (v < best) | (v != v)
+    elif rule_t is MaxRuleNoNaN:
+        return v > best
+    else:
+        return v < best
+
+
+cdef inline bint _is_min(rule_t* rule) noexcept nogil:
+    return rule_t is MinRule or rule_t is MinRuleNoNaN
+
+
+cdef inline bint _takes(floating v, floating best, bint minimum) noexcept nogil:
+    """The full rule with a run-time choice of max or min (for the less travelled paths)."""
+    if minimum:
+        return (v < best) | (v != v)
+    return (v > best) | (v != v)
+
+
+cdef inline bint _has_nan(const floating* p, Py_ssize_t n) noexcept nogil:
+    """True when p[0 .. n-1] holds a NaN (or an infinity: v - v is NaN for both; the full rule then runs).
+
+    Eight independent running sums, each staying 0 unless it meets a NaN or an infinity: the compiler turns
+    them into vector operations wherever this is inlined."""
+    cdef Py_ssize_t k, end = n - n % 8
+    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    for k in range(0, end, 8):
+        s0 = s0 + (p[k] - p[k])
+        s1 = s1 + (p[k + 1] - p[k + 1])
+        s2 = s2 + (p[k + 2] - p[k + 2])
+        s3 = s3 + (p[k + 3] - p[k + 3])
+        s4 = s4 + (p[k + 4] - p[k + 4])
+        s5 = s5 + (p[k + 5] - p[k + 5])
+        s6 = s6 + (p[k + 6] - p[k + 6])
+        s7 = s7 + (p[k + 7] - p[k + 7])
+    for k in range(end, n):
+        s0 = s0 + (p[k] - p[k])
+    s0 = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    return s0 != s0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Geometry helpers
+
+cdef inline Py_ssize_t _tap_lo(Py_ssize_t start, Py_ssize_t step) noexcept nogil:
+    """First t >= 0 with start + t * step >= 0."""
+    if start >= 0:
+        return 0
+    return (-start + step - 1) // step
+
+
+cdef inline Py_ssize_t _tap_hi(Py_ssize_t start, Py_ssize_t count, Py_ssize_t step, Py_ssize_t length) noexcept nogil:
+    """One past the last t < count with start + t * step < length (0 if there is none)."""
+    cdef Py_ssize_t t
+    if start >= length:
+        return 0
+    t = (length - start) if step == 1 else (length - start + step - 1) // step
+    return t if t < count else count
+
+
+cdef inline void _interior(Py_ssize_t out_w, Py_ssize_t k, Py_ssize_t s, Py_ssize_t p, Py_ssize_t d, Py_ssize_t L,
+                           Py_ssize_t* jl, Py_ssize_t* jh) noexcept nogil:
+    """[jl, jh): the windows whose k taps all lie inside [0, L) (jl == jh when there is none)."""
+    cdef Py_ssize_t last = L - 1 - (k - 1) * d + p     # j * s <= last for the window's last tap to fit
+    jl[0] = _tap_lo(-p, s)
+    jh[0] = 0
+    if last >= 0:
+        jh[0] = last // s + 1
+        if jh[0] > out_w:
+            jh[0] = out_w
+    if jl[0] > out_w:
+        jl[0] = out_w
+    if jh[0] < jl[0]:
+        jh[0] = jl[0]
+
+
+cdef inline bint _k2s2(Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, int kh, int kw, int sh,
+                       int sw, int ph, int pw, int dh, int dw) noexcept nogil:
+    """True for 2x2 windows, stride 2, no padding or dilation, every window inside the input."""
+    return (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1
+            and 2 * out_h <= H and 2 * out_w <= W)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Row folds for NCHW planes. Window j's taps in one input row are row[j * S + off + b * D], b = 0 .. K-1;
+# a fold applies the rule to them in order, so calling it tap row after tap row keeps row-major tap order.
+# The fixed-size versions spell the taps out, which lets the compiler vectorise over j.
+
+cdef inline void _fold(floating* best, const floating* row, Py_ssize_t jl, Py_ssize_t jh, Py_ssize_t K,
+                       Py_ssize_t S, Py_ssize_t D, Py_ssize_t off, rule_t* rule) noexcept nogil:
+    cdef Py_ssize_t j, b
+    cdef floating bst, v
+    for j in range(jl, jh):
+        bst = best[j]
+        for b in range(K):
+            v = row[j * S + off + b * D]
+            bst = v if _wins(v, bst, rule) else bst
+        best[j] = bst
+
+
+cdef inline void _fold_taps(floating* best, floating* tap, const floating* row, Py_ssize_t jl, Py_ssize_t jh,
+                            Py_ssize_t K, Py_ssize_t S, Py_ssize_t D, Py_ssize_t off, floating t0,
+                            rule_t* rule) noexcept nogil:
+    """As :func:`_fold`; ``tap[j]`` follows the winner's offset ``t0 + b * D`` from the window's first tap,
+    held in a float so that every select has the width of the values."""
+    cdef Py_ssize_t j, b
+    cdef floating bst, tp, v
+    cdef bint take
+    for j in range(jl, jh):
+        bst = best[j]
+        tp = tap[j]
+        for b in range(K):
+            v = row[j * S + off + b * D]
+            take = _wins(v, bst, rule)
+            bst = v if take else bst
+            tp = (t0 + b * D) if take else tp
+        best[j] = bst
+        tap[j] = tp
+
+
+cdef inline void _fold_index(floating* best, int64_t* win, const floating* row, Py_ssize_t jl, Py_ssize_t jh,
+                             Py_ssize_t K, Py_ssize_t S, Py_ssize_t D, Py_ssize_t off, int64_t base,
+                             bint minimum) noexcept nogil:
+    """As :func:`_fold` with the full rule; ``win[j]`` follows the winner's flat index ``base + j*S + off + b*D``."""
+    cdef Py_ssize_t j, b
+    cdef floating bst, v
+    cdef int64_t wi
+    cdef bint take
+    for j in range(jl, jh):
+        bst = best[j]
+        wi = win[j]
+        for b in range(K):
+            v = row[j * S + off + b * D]
+            take = _takes(v, bst, minimum)
+            bst = v if take else bst
+            wi = (base + j * S + off + b * D) if take else wi
+        best[j] = bst
+        win[j] = wi
+
+
+cdef inline void _fold_3s2(floating* best, const floating* row, Py_ssize_t jl, Py_ssize_t jh, Py_ssize_t off,
+                           rule_t* rule) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating bst, v
+    for j in range(jl, jh):
+        bst = best[j]
+        v = row[2 * j + off]
+        bst = v if _wins(v, bst, rule) else bst
+        v = row[2 * j + off + 1]
+        bst = v if _wins(v, bst, rule) else bst
+        v = row[2 * j + off + 2]
+        bst = v if _wins(v, bst, rule) else bst
+        best[j] = bst
+
+
+cdef inline void _fold_3s1(floating* best, const floating* row, Py_ssize_t jl, Py_ssize_t jh, Py_ssize_t off,
+                           rule_t* rule) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating bst, v
+    for j in range(jl, jh):
+        bst = best[j]
+        v = row[j + off]
+        bst = v if _wins(v, bst, rule) else bst
+        v = row[j + off + 1]
+        bst = v if _wins(v, bst, rule) else bst
+        v = row[j + off + 2]
+        bst = v if _wins(v, bst, rule) else bst
+        best[j] = bst
+
+
+cdef inline void _fold_2s1(floating* best, const floating* row, Py_ssize_t jl, Py_ssize_t jh, Py_ssize_t off,
+                           rule_t* rule) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating bst, v
+    for j in range(jl, jh):
+        bst = best[j]
+        v = row[j + off]
+        bst = v if _wins(v, bst, rule) else bst
+        v = row[j + off + 1]
+        bst = v if _wins(v, bst, rule) else bst
+        best[j] = bst
+
+
+cdef inline void _fold_taps_3s2(floating* best, floating* tap, const floating* row, Py_ssize_t jl, Py_ssize_t jh,
+                                Py_ssize_t off, floating t0, rule_t* rule) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating bst, tp, v, t1 = t0 + 1, t2 = t0 + 2
+    cdef bint take
+    for j in range(jl, jh):
+        bst = best[j]
+        tp = tap[j]
+        v = row[2 * j + off]
+        take = _wins(v, bst, rule)
+        bst = v if take else bst
+        tp = t0 if take else tp
+        v = row[2 * j + off + 1]
+        take = _wins(v, bst, rule)
+        bst = v if take else bst
+        tp = t1 if take else tp
+        v = row[2 * j + off + 2]
+        take = _wins(v, bst, rule)
+        bst = v if take else bst
+        tp = t2 if take else tp
+        best[j] = bst
+        tap[j] = tp
+
+
+cdef inline void _taps_3x3s2(floating* tap, const floating* r0, Py_ssize_t W, Py_ssize_t jl, Py_ssize_t jh,
+                             Py_ssize_t off, rule_t* rule) noexcept nogil:
+    """Winners of 3x3 stride-2 windows whose nine taps are all real (rows r0, r0 + W, r0 + 2W): ``tap[j]``
+    becomes the winner's offset ``a * W + b`` from the window's first tap, in one pass."""
+    cdef Py_ssize_t j, q
+    cdef const floating* r1 = r0 + W
+    cdef const floating* r2 = r1 + W
+    cdef floating bst, tp, v, fw = W
+    cdef floating o1 = 1, o2 = 2, o3 = fw, o4 = fw + 1, o5 = fw + 2, o6 = 2 * fw, o7 = 2 * fw + 1, o8 = 2 * fw + 2
+    cdef floating v0, v1, v2, v3, v4, v5, v6, v7, v8
+    cdef bint take
+    if rule_t is MaxRuleNoNaN or rule_t is MinRuleNoNaN:
+        # no NaN: the best value is a plain max (min), and the winner is the first tap equal to it
+        for j in range(jl, jh):
+            q = 2 * j + off
+            v0 = r0[q]
+            v1 = r0[q + 1]
+            v2 = r0[q + 2]
+            v3 = r1[q]
+            v4 = r1[q + 1]
+            v5 = r1[q + 2]
+            v6 = r2[q]
+            v7 = r2[q + 1]
+            v8 = r2[q + 2]
+            bst = v0
+            bst = v1 if _wins(v1, bst, rule) else bst
+            bst = v2 if _wins(v2, bst, rule) else bst
+            bst = v3 if _wins(v3, bst, rule) else bst
+            bst = v4 if _wins(v4, bst, rule) else bst
+            bst = v5 if _wins(v5, bst, rule) else bst
+            bst = v6 if _wins(v6, bst, rule) else bst
+            bst = v7 if _wins(v7, bst, rule) else bst
+            bst = v8 if _wins(v8, bst, rule) else bst
+            tp = o8
+            tp = o7 if v7 == bst else tp
+            tp = o6 if v6 == bst else tp
+            tp = o5 if v5 == bst else tp
+            tp = o4 if v4 == bst else tp
+            tp = o3 if v3 == bst else tp
+            tp = o2 if v2 == bst else tp
+            tp = o1 if v1 == bst else tp
+            tp = 0 if v0 == bst else tp
+            tap[j] = tp
+        return
+    for j in range(jl, jh):
+        q = 2 * j + off
+        bst = r0[q]
+        tp = 0
+        v = r0[q + 1]
+        take = _wins(v, bst, rule)
+        bst = v if take else bst
+        tp = o1 if take else tp
+        v = r0[q + 2]
+        take = _wins(v, bst, rule)
+        bst = v if take else bst
+        tp = o2 if take else tp
+        v = r1[q]
+        take = _wins(v, bst, rule)
+        bst = v if take else bst
+        tp = o3 if take else tp
+        v = r1[q + 1]
+        take = _wins(v, bst, rule)
+        bst = v if take else bst
+        tp = o4 if take else tp
+        v = r1[q + 2]
+        take = _wins(v, bst, rule)
+        bst = v if take else bst
+        tp = o5 if take else tp
+        v = r2[q]
+        take = _wins(v, bst, rule)
+        bst = v if take else bst
+        tp = o6 if take else tp
+        v = r2[q + 1]
+        take = _wins(v, bst, rule)
+        bst = v if take else bst
+        tp = o7 if take else tp
+        v = r2[q + 2]
+        take = _wins(v, bst, rule)
+        bst = v if take else bst
+        tp = o8 if take else tp
+        tap[j] = tp
+
+
+cdef inline void _fold_3x3s2(floating* best, const floating* r0, Py_ssize_t W, Py_ssize_t jl, Py_ssize_t jh,
+                             Py_ssize_t off, rule_t* rule) noexcept nogil:
+    """Values of 3x3 stride-2 windows whose nine taps are all real (rows r0, r0 + W, r0 + 2W), in one pass."""
+    cdef Py_ssize_t j, q
+    cdef const floating* r1 = r0 + W
+    cdef const floating* r2 = r1 + W
+    cdef floating bst, v
+    for j in range(jl, jh):
+        q = 2 * j + off
+        bst = r0[q]
+        v = r0[q + 1]
+        bst = v if _wins(v, bst, rule) else bst
+        v = r0[q + 2]
+        bst = v if _wins(v, bst, rule) else bst
+        v = r1[q]
+        bst = v if _wins(v, bst, rule) else bst
+        v = r1[q + 1]
+        bst = v if _wins(v, bst, rule) else bst
+        v = r1[q + 2]
+        bst = v if _wins(v, bst, rule) else bst
+        v = r2[q]
+        bst = v if _wins(v, bst, rule) else bst
+        v = r2[q + 1]
+        bst = v if _wins(v, bst, rule) else bst
+        v = r2[q + 2]
+        bst = v if _wins(v, bst, rule) else bst
+        best[j] = bst
+
+
+cdef inline floating _edge_window(const floating* r0, Py_ssize_t W, Py_ssize_t rows, Py_ssize_t c_lo,
+                                  Py_ssize_t c_hi, Py_ssize_t origin, floating* tap, rule_t* rule) noexcept nogil:
+    """One window of ``rows`` adjacent rows (the first at r0) and adjacent real columns c_lo .. c_hi-1 (a
+    window cut by the padding, c_lo < c_hi): returns its best value; ``tap[0]`` becomes the winner's offset
+    ``a * W + c - origin`` (``origin``: the column of the window's first tap, maybe in the padding)."""
+    cdef Py_ssize_t a, c
+    cdef floating bst = r0[c_lo], tp = c_lo - origin, v
+    cdef bint take
+    for a in range(rows):
+        for c in range(c_lo, c_hi):
+            v = r0[a * W + c]
+            take = _wins(v, bst, rule)
+            bst = v if take else bst
+            tp = (a * W + c - origin) if take else tp
+    tap[0] = tp
+    return bst
+
+
+cdef inline floating _edge_3x2(const floating* r0, Py_ssize_t W, Py_ssize_t c, Py_ssize_t origin, floating* tap,
+                               rule_t* rule) noexcept nogil:
+    """A 3x3 window cut by the padding to two real columns c, c + 1 (rows r0, r0 + W, r0 + 2W): returns its
+    best value; ``tap[0]`` becomes the winner's offset ``a * W + column - origin``. Straight-line code."""
+    cdef floating v0 = r0[c], v1 = r0[c + 1], v2 = r0[W + c], v3 = r0[W + c + 1]
+    cdef floating v4 = r0[2 * W + c], v5 = r0[2 * W + c + 1]
+    cdef floating b = v0, tp, base = c - origin, fw = W
+    cdef bint take
+    if rule_t is MaxRuleNoNaN or rule_t is MinRuleNoNaN:
+        b = v1 if _wins(v1, b, rule) else b
+        b = v2 if _wins(v2, b, rule) else b
+        b = v3 if _wins(v3, b, rule) else b
+        b = v4 if _wins(v4, b, rule) else b
+        b = v5 if _wins(v5, b, rule) else b
+        tp = base + 2 * fw + 1
+        tp = (base + 2 * fw) if v4 == b else tp
+        tp = (base + fw + 1) if v3 == b else tp
+        tp = (base + fw) if v2 == b else tp
+        tp = (base + 1) if v1 == b else tp
+        tp = base if v0 == b else tp
+    else:
+        tp = base
+        take = _wins(v1, b, rule)
+        b = v1 if take else b
+        tp = (base + 1) if take else tp
+        take = _wins(v2, b, rule)
+        b = v2 if take else b
+        tp = (base + fw) if take else tp
+        take = _wins(v3, b, rule)
+        b = v3 if take else b
+        tp = (base + fw + 1) if take else tp
+        take = _wins(v4, b, rule)
+        b = v4 if take else b
+        tp = (base + 2 * fw) if take else tp
+        take = _wins(v5, b, rule)
+        b = v5 if take else b
+        tp = (base + 2 * fw + 1) if take else tp
+    tap[0] = tp
+    return b
+
+
+cdef inline floating _edge_block(const floating* r0, Py_ssize_t W, Py_ssize_t w0, floating* tap,
+                                 rule_t* rule) noexcept nogil:
+    """A 3x3 window on three real rows whose columns w0 .. w0 + 2 are cut by the padding."""
+    cdef Py_ssize_t c_lo = max(w0, 0), c_hi = min(w0 + 3, W)
+    if c_hi - c_lo == 2:
+        return _edge_3x2(r0, W, c_lo, w0, tap, rule)
+    return _edge_window(r0, W, 3, c_lo, c_hi, w0, tap, rule)
+
+
+cdef inline void _fold_2x2(floating* best, const floating* r0, const floating* r1, Py_ssize_t n,
+                           rule_t* rule) noexcept nogil:
+    """2x2 windows at stride 2 (no padding): window j's taps are r0[2j], r0[2j+1], r1[2j], r1[2j+1]."""
+    cdef Py_ssize_t j
+    cdef floating bst, v
+    for j in range(n):
+        bst = r0[2 * j]                                  # the rule applied to -inf (+inf) and the first tap
+        v = r0[2 * j + 1]
+        bst = v if _wins(v, bst, rule) else bst
+        v = r1[2 * j]
+        bst = v if _wins(v, bst, rule) else bst
+        v = r1[2 * j + 1]
+        bst = v if _wins(v, bst, rule) else bst
+        best[j] = bst
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Max / min pooling, NCHW
+
+cdef inline void _row_vals(const floating* xp, floating* best, Py_ssize_t i, Py_ssize_t H, Py_ssize_t W,
+                           Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                           Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t jl, Py_ssize_t jh,
+                           rule_t* rule) noexcept nogil:
+    """Output row i of one NCHW plane, values only: each tap row folds its taps into best[:]."""
+    cdef Py_ssize_t j, a, h, h0 = i * sh - ph, w0, b_lo, b_hi
+    cdef Py_ssize_t a_lo = _tap_lo(h0, dh), a_hi = _tap_hi(h0, kh, dh, H)
+    cdef const floating* row
+    cdef floating worst = INFINITY if _is_min(rule) else -INFINITY
+    cdef floating scratch
+    if kh == 3 and kw == 3 and dh == 1 and dw == 1 and sw == 2 and a_hi - a_lo == 3:
+        # 3x3 stride-2 windows on three real rows: all nine taps in one pass; windows cut by the padding apart
+        _fold_3x3s2(best, xp + h0 * W, W, jl, jh, -pw, rule)
+        for j in range(jl):
+            best[j] = _edge_block(xp + h0 * W, W, 2 * j - pw, &scratch, rule)
+        for j in range(jh, out_w):
+            best[j] = _edge_block(xp + h0 * W, W, 2 * j - pw, &scratch, rule)
+        return
+    for j in range(out_w):
+        best[j] = worst
+    for a in range(a_lo, a_hi):
+        h = h0 + a * dh
+        row = xp + h * W
+        if jl < jh:
+            if dw == 1 and sw == 2 and kw == 3:
+                _fold_3s2(best, row, jl, jh, -pw, rule)
+            elif dw == 1 and sw == 1 and kw == 3:
+                _fold_3s1(best, row, jl, jh, -pw, rule)
+            elif dw == 1 and sw == 1 and kw == 2:
+                _fold_2s1(best, row, jl, jh, -pw, rule)
+            else:
+                _fold(best, row, jl, jh, kw, sw, dw, -pw, rule)
+        for j in range(jl):                               # windows reaching into the padding: clipped taps
+            w0 = j * sw - pw
+            b_lo = _tap_lo(w0, dw)
+            b_hi = _tap_hi(w0, kw, dw, W)
+            _fold(best, row, j, j + 1, b_hi - b_lo, sw, dw, -pw + b_lo * dw, rule)
+        for j in range(jh, out_w):
+            w0 = j * sw - pw
+            b_lo = _tap_lo(w0, dw)
+            b_hi = _tap_hi(w0, kw, dw, W)
+            _fold(best, row, j, j + 1, b_hi - b_lo, sw, dw, -pw + b_lo * dw, rule)
+
+
+cdef void _plane_vals(const floating* xp, floating* op, Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h,
+                      Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                      Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, rule_t* rule) noexcept nogil:
+    """Max (min) pooling of one NCHW plane, values only."""
+    cdef Py_ssize_t i, jl, jh
+    if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw):
+        for i in range(out_h):
+            _fold_2x2(op + i * out_w, xp + 2 * i * W, xp + (2 * i + 1) * W, out_w, rule)
+        return
+    _interior(out_w, kw, sw, pw, dw, W, &jl, &jh)
+    for i in range(out_h):
+        _row_vals(xp, op + i * out_w, i, H, W, out_w, kh, kw, sh, sw, ph, pw, dh, dw, jl, jh, rule)
+
+
+cdef void _plane_index(const floating* xp, floating* op, int64_t* ip, Py_ssize_t H, Py_ssize_t W,
+                       Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                       Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                       bint minimum) noexcept nogil:
+    """Max (min) pooling of one NCHW plane with winner indices (flat ``h * W + w``)."""
+    cdef Py_ssize_t i, j, a, h, h0, a_lo, a_hi, w0, b_lo, b_hi
+    cdef floating* best
+    cdef int64_t* win
+    cdef floating worst = INFINITY if minimum else -INFINITY
+    for i in range(out_h):
+        best = op + i * out_w
+        win = ip + i * out_w
+        h0 = i * sh - ph
+        a_lo = _tap_lo(h0, dh)
+        a_hi = _tap_hi(h0, kh, dh, H)
+        for j in range(out_w):
+            best[j] = worst
+            w0 = j * sw - pw
+            win[j] = (h0 + a_lo * dh) * W + w0 + _tap_lo(w0, dw) * dw
+        for a in range(a_lo, a_hi):
+            h = h0 + a * dh
+            for j in range(out_w):
+                w0 = j * sw - pw
+                b_lo = _tap_lo(w0, dw)
+                b_hi = _tap_hi(w0, kw, dw, W)
+                _fold_index(best, win, xp + h * W, j, j + 1, b_hi - b_lo, sw, dw, -pw + b_lo * dw, h * W, minimum)
+
+
+def extremum_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
+                  int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, bint minimum, bint track,
+                  int num_threads):
+    """Max (min) pooling of a C-contiguous NCHW batch; ``indices`` is filled only when ``track``.
+
+    Without indices, each plane is first scanned for NaN, and a plane without one runs with the rule that
+    skips the NaN test.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+    cdef Py_ssize_t plane
+    cdef const floating* xp
+    cdef floating* op
+    if N * C == 0:
+        return
+    for plane in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
+        xp = &x[0, 0, 0, 0] + plane * H * W
+        op = &out[0, 0, 0, 0] + plane * out_h * out_w
+        if track:
+            _plane_index(xp, op, &indices[0, 0, 0, 0] + plane * out_h * out_w, H, W, out_h, out_w,
+                         kh, kw, sh, sw, ph, pw, dh, dw, minimum)
+        elif _has_nan(xp, H * W):
+            if minimum:
+                _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MinRule*> NULL)
+            else:
+                _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MaxRule*> NULL)
+        elif minimum:
+            _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MinRuleNoNaN*> NULL)
+        else:
+            _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MaxRuleNoNaN*> NULL)
+
+
+cdef inline void _winners_2x2(const floating* r0, const floating* r1, const floating* g, floating* g0, floating* g1,
+                              Py_ssize_t out_w, rule_t* rule) noexcept nogil:
+    """One output row of 2x2 stride-2 windows: write ``0 + g[j]`` into each window's winner and 0 into the
+    other three cells (as ``+=`` into a zeroed gradient would: -0.0 becomes +0.0)."""
+    cdef Py_ssize_t j
+    cdef floating b, v1, v2, v3, gz, zero = 0
+    cdef bint t1, t2, t3
+    for j in range(out_w):
+        b = r0[2 * j]
+        v1 = r0[2 * j + 1]
+        v2 = r1[2 * j]
+        v3 = r1[2 * j + 1]
+        t1 = _wins(v1, b, rule)
+        b = v1 if t1 else b
+        t2 = _wins(v2, b, rule)
+        b = v2 if t2 else b
+        t3 = _wins(v3, b, rule)
+        gz = zero + g[j]
+        g1[2 * j + 1] = gz if t3 else zero               # the last tap that takes is the winner
+        g1[2 * j] = zero if (t3 | (not t2)) else gz
+        g0[2 * j + 1] = zero if (t3 | t2 | (not t1)) else gz
+        g0[2 * j] = zero if (t3 | t2 | t1) else gz
+
+
+cdef inline void _route_row(floating* gx, const floating* g, const floating* tap, Py_ssize_t corner,
+                            Py_ssize_t out_w, Py_ssize_t sw, bint cols_ok, Py_ssize_t W, Py_ssize_t kw,
+                            Py_ssize_t dw, Py_ssize_t pw) noexcept nogil:
+    """Add each window's gradient g[j] to its winner, in window order (the naive tier's += order).
+    ``corner``: the flat position of window 0's first tap (maybe in the padding)."""
+    cdef Py_ssize_t j, w0
+    if cols_ok:
+        for j in range(out_w):
+            gx[corner + j * sw + <Py_ssize_t> tap[j]] += g[j]
+    else:
+        for j in range(out_w):
+            w0 = j * sw - pw
+            if _tap_lo(w0, dw) < _tap_hi(w0, kw, dw, W):   # a window column with no real cell: no winner
+                gx[corner + j * sw + <Py_ssize_t> tap[j]] += g[j]
+
+
+cdef void _plane_backward(const floating* xp, const floating* gp, floating* gx, floating* best, floating* tap,
+                          Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t kh,
+                          Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                          Py_ssize_t dw, bint cols_ok, rule_t* rule) noexcept nogil:
+    """Gradient of max (min) pooling for one NCHW plane; ``gx`` (the plane's gradient) is zeroed here.
+
+    Per output row: find every window's winner as its offset ``a * dh * W + b * dw`` from the window's first
+    tap (held in a float: exact below 2**24, which the caller ensures), then add the windows' gradients to
+    their winners in window order. ``cols_ok``: every window column holds a real cell.
+    """
+    cdef Py_ssize_t i, j, a, h, h0, a_lo, a_hi, jl, jh, w0, b_lo, b_hi
+    cdef const floating* row
+    cdef floating worst = INFINITY if _is_min(rule) else -INFINITY
+    if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw):
+        if 2 * out_h < H or 2 * out_w < W:
+            memset(gx, 0, H * W * sizeof(floating))       # rows or columns that no window covers
+        for i in range(out_h):
+            _winners_2x2(xp + 2 * i * W, xp + (2 * i + 1) * W, gp + i * out_w, gx + 2 * i * W,
+                         gx + (2 * i + 1) * W, out_w, rule)
+        return
+    memset(gx, 0, H * W * sizeof(floating))
+    _interior(out_w, kw, sw, pw, dw, W, &jl, &jh)
+    for i in range(out_h):
+        h0 = i * sh - ph
+        a_lo = _tap_lo(h0, dh)
+        a_hi = _tap_hi(h0, kh, dh, H)
+        if a_lo >= a_hi:
+            continue                                      # a window row with no real cell: no winners
+        if kh == 3 and kw == 3 and dh == 1 and dw == 1 and sw == 2 and a_hi - a_lo == 3:
+            # 3x3 stride-2 windows on three real rows: all nine taps in one pass; windows cut by the padding apart
+            _taps_3x3s2(tap, xp + h0 * W, W, jl, jh, -pw, rule)
+            for j in range(jl):
+                _edge_block(xp + h0 * W, W, 2 * j - pw, tap + j, rule)
+            for j in range(jh, out_w):
+                _edge_block(xp + h0 * W, W, 2 * j - pw, tap + j, rule)
+            _route_row(gx, gp + i * out_w, tap, h0 * W - pw, out_w, sw, cols_ok, W, kw, dw, pw)
+            continue
+        for j in range(out_w):
+            best[j] = worst
+            w0 = j * sw - pw
+            tap[j] = a_lo * dh * W + _tap_lo(w0, dw) * dw
+        for a in range(a_lo, a_hi):
+            h = h0 + a * dh
+            row = xp + h * W
+            if jl < jh:
+                if dw == 1 and sw == 2 and kw == 3:
+                    _fold_taps_3s2(best, tap, row, jl, jh, -pw, a * dh * W, rule)
+                else:
+                    _fold_taps(best, tap, row, jl, jh, kw, sw, dw, -pw, a * dh * W, rule)
+            for j in range(jl):
+                w0 = j * sw - pw
+                b_lo = _tap_lo(w0, dw)
+                b_hi = _tap_hi(w0, kw, dw, W)
+                _fold_taps(best, tap, row, j, j + 1, b_hi - b_lo, sw, dw, -pw + b_lo * dw,
+                           a * dh * W + b_lo * dw, rule)
+            for j in range(jh, out_w):
+                w0 = j * sw - pw
+                b_lo = _tap_lo(w0, dw)
+                b_hi = _tap_hi(w0, kw, dw, W)
+                _fold_taps(best, tap, row, j, j + 1, b_hi - b_lo, sw, dw, -pw + b_lo * dw,
+                           a * dh * W + b_lo * dw, rule)
+        _route_row(gx, gp + i * out_w, tap, h0 * W - pw, out_w, sw, cols_ok, W, kw, dw, pw)
+
+
+cdef void _plane_backward_index(const floating* xp, const floating* gp, floating* gx, floating* best, int64_t* win,
+                                Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t kh,
+                                Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                                Py_ssize_t dh, Py_ssize_t dw, bint minimum) noexcept nogil:
+    """As :func:`_plane_backward`, tracking int64 flat indices (for windows of 2**24 taps or more)."""
+    cdef Py_ssize_t i, j, a, h, h0, a_lo, a_hi, w0, b_lo, b_hi
+    cdef floating worst = INFINITY if minimum else -INFINITY
+    memset(gx, 0, H * W * sizeof(floating))
+    for i in range(out_h):
+        h0 = i * sh - ph
+        a_lo = _tap_lo(h0, dh)
+        a_hi = _tap_hi(h0, kh, dh, H)
+        if a_lo >= a_hi:
+            continue
+        for j in range(out_w):
+            best[j] = worst
+            w0 = j * sw - pw
+            win[j] = (h0 + a_lo * dh) * W + w0 + _tap_lo(w0, dw) * dw
+        for a in range(a_lo, a_hi):
+            h = h0 + a * dh
+            for j in range(out_w):
+                w0 = j * sw - pw
+                b_lo = _tap_lo(w0, dw)
+                b_hi = _tap_hi(w0, kw, dw, W)
+                _fold_index(best, win, xp + h * W, j, j + 1, b_hi - b_lo, sw, dw, -pw + b_lo * dw, h * W, minimum)
+        for j in range(out_w):
+            w0 = j * sw - pw
+            if _tap_lo(w0, dw) < _tap_hi(w0, kw, dw, W):
+                gx[win[j]] += gp[i * out_w + j]
+
+
+def extremum_backward_nchw(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] grad_out,
+                           floating[:, :, :, ::1] grad_x, floating[:, ::1] best_buf, floating[:, ::1] tap_buf,
+                           int64_t[:, ::1] win_buf, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                           bint minimum, int num_threads):
+    """Gradient of max (min) pooling, NCHW: find each window's winner and add its gradient there, in one pass.
+
+    ``grad_x`` may be uninitialised: every plane is written in full. ``best_buf``, ``tap_buf`` and
+    ``win_buf`` are ``(num_threads, out_w)`` scratch rows, one per thread. A window with no real cell
+    (possible only with dilation and padding) has no winner and routes nothing.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    cdef Py_ssize_t plane, tid
+    cdef const floating* xp
+    cdef const floating* gp
+    cdef floating* gx
+    cdef floating* best
+    cdef floating* tap
+    cdef int64_t* win
+    # winner offsets are exact in the float type up to its mantissa: 2**24 (float) or 2**53 (double)
+    cdef bint float_taps = (<double> (kh - 1) * dh * W + (kw - 1) * dw
+                            < (16777216.0 if sizeof(floating) == 4 else 9007199254740992.0))
+    cdef bint cols_ok = True, k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw)
+    cdef Py_ssize_t j, w0
+    if N * C == 0:
+        return
+    for j in range(out_w):
+        w0 = j * sw - pw
+        if _tap_lo(w0, dw) >= _tap_hi(w0, kw, dw, W):
+            cols_ok = False
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        best = &best_buf[tid, 0]
+        tap = &tap_buf[tid, 0]
+        win = &win_buf[tid, 0]
+        for plane in prange(N * C, schedule="static"):
+            xp = &x[0, 0, 0, 0] + plane * H * W
+            gp = &grad_out[0, 0, 0, 0] + plane * out_h * out_w
+            gx = &grad_x[0, 0, 0, 0] + plane * H * W
+            if not float_taps:
+                _plane_backward_index(xp, gp, gx, best, win, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
+                                      minimum)
+            elif k2s2 or _has_nan(xp, H * W):   # (2x2 windows always run the full rule: it vectorises better)
+                if minimum:
+                    _plane_backward(xp, gp, gx, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
+                                    cols_ok, <MinRule*> NULL)
+                else:
+                    _plane_backward(xp, gp, gx, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
+                                    cols_ok, <MaxRule*> NULL)
+            elif minimum:
+                _plane_backward(xp, gp, gx, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
+                                cols_ok, <MinRuleNoNaN*> NULL)
+            else:
+                _plane_backward(xp, gp, gx, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
+                                cols_ok, <MaxRuleNoNaN*> NULL)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Max / min pooling, NHWC (x is (N, H, W, C) in memory; the innermost loops run over C)
+
+cdef inline void _pixel_vals(floating* best, const floating* px, Py_ssize_t C, rule_t* rule) noexcept nogil:
+    """Fold one tap (one input pixel, all channels) into the running best of every channel."""
+    cdef Py_ssize_t c
+    cdef floating v, b
+    for c in range(C):
+        v = px[c]
+        b = best[c]
+        best[c] = v if _wins(v, b, rule) else b
+
+
+cdef inline void _pixel_2x2(floating* best, const floating* p0, const floating* p1, Py_ssize_t C,
+                            rule_t* rule) noexcept nogil:
+    """A whole 2x2 window (rows starting at p0 and p1, adjacent pixels) folded channel by channel."""
+    cdef Py_ssize_t c
+    cdef floating bst, v
+    for c in range(C):
+        bst = p0[c]
+        v = p0[C + c]
+        bst = v if _wins(v, bst, rule) else bst
+        v = p1[c]
+        bst = v if _wins(v, bst, rule) else bst
+        v = p1[C + c]
+        bst = v if _wins(v, bst, rule) else bst
+        best[c] = bst
+
+
+cdef inline void _pixel_3x3(floating* best, const floating* p0, const floating* p1, const floating* p2,
+                            Py_ssize_t C, rule_t* rule) noexcept nogil:
+    """A whole 3x3 window (rows starting at p0, p1, p2, adjacent pixels) folded channel by channel."""
+    cdef Py_ssize_t c
+    cdef floating bst, v
+    for c in range(C):
+        bst = p0[c]
+        v = p0[C + c]
+        bst = v if _wins(v, bst, rule) else bst
+        v = p0[2 * C + c]
+        bst = v if _wins(v, bst, rule) else bst
+        v = p1[c]
+        bst = v if _wins(v, bst, rule) else bst
+        v = p1[C + c]
+        bst = v if _wins(v, bst, rule) else bst
+        v = p1[2 * C + c]
+        bst = v if _wins(v, bst, rule) else bst
+        v = p2[c]
+        bst = v if _wins(v, bst, rule) else bst
+        v = p2[C + c]
+        bst = v if _wins(v, bst, rule) else bst
+        v = p2[2 * C + c]
+        bst = v if _wins(v, bst, rule) else bst
+        best[c] = bst
+
+
+cdef inline void _pixel_index(floating* best, int64_t* win, const floating* px, Py_ssize_t C, int64_t index,
+                              bint minimum) noexcept nogil:
+    """As :func:`_pixel_vals` with the full rule, and ``win[c]`` becomes ``index`` where the tap wins."""
+    cdef Py_ssize_t c
+    cdef floating v, b
+    cdef int64_t wi
+    cdef bint take
+    for c in range(C):
+        v = px[c]
+        b = best[c]
+        wi = win[c]
+        take = _takes(v, b, minimum)
+        best[c] = v if take else b
+        win[c] = index if take else wi
+
+
+cdef inline void _pixel_taps(floating* best, floating* tap, const floating* px, Py_ssize_t C, floating t,
+                             rule_t* rule) noexcept nogil:
+    """As :func:`_pixel_vals`, and ``tap[c]`` becomes the tap number ``t`` where the tap wins."""
+    cdef Py_ssize_t c
+    cdef floating v, b, tp
+    cdef bint take
+    for c in range(C):
+        v = px[c]
+        b = best[c]
+        tp = tap[c]                                      # every load before the selects: no branch needed
+        take = _wins(v, b, rule)
+        best[c] = v if take else b
+        tap[c] = t if take else tp
+
+
+cdef inline void _pixel_route(floating* gpx, const floating* g, const floating* tap, Py_ssize_t C,
+                              floating t) noexcept nogil:
+    """Add g[c] to the cell of channel c where tap t won, and + 0 elsewhere (which changes nothing: a
+    gradient that starts at +0.0 never holds -0.0, the one value that adding +0.0 would alter)."""
+    cdef Py_ssize_t c
+    cdef floating zero = 0, gc
+    for c in range(C):
+        gc = g[c]
+        gpx[c] = gpx[c] + (gc if tap[c] == t else zero)
+
+
+cdef inline void _pixel_winners_2x2(floating* tap, const floating* p0, const floating* p1, Py_ssize_t C,
+                                    rule_t* rule) noexcept nogil:
+    """Winner tap number (0 .. 3, row-major) of a whole 2x2 window of adjacent pixels, for every channel."""
+    cdef Py_ssize_t c
+    cdef floating b, v, tp, zero = 0, one = 1, two = 2, three = 3
+    cdef bint take
+    for c in range(C):
+        b = p0[c]
+        tp = zero
+        v = p0[C + c]
+        take = _wins(v, b, rule)
+        b = v if take else b
+        tp = one if take else tp
+        v = p1[c]
+        take = _wins(v, b, rule)
+        b = v if take else b
+        tp = two if take else tp
+        v = p1[C + c]
+        take = _wins(v, b, rule)
+        b = v if take else b
+        tp = three if take else tp
+        tap[c] = tp
+
+
+cdef inline void _pixel_winners_3x3(floating* tap, const floating* p0, const floating* p1, const floating* p2,
+                                    Py_ssize_t C, rule_t* rule) noexcept nogil:
+    """Winner tap number (0 .. 8, row-major) of a whole 3x3 window of adjacent pixels, for every channel."""
+    cdef Py_ssize_t c
+    cdef floating b, v, tp
+    cdef floating t0 = 0, t1 = 1, t2 = 2, t3 = 3, t4 = 4, t5 = 5, t6 = 6, t7 = 7, t8 = 8
+    cdef floating v0, v1, v2, v3, v4, v5, v6, v7, v8
+    cdef bint take
+    if rule_t is MaxRuleNoNaN or rule_t is MinRuleNoNaN:
+        # no NaN: the best value is a plain max (min), and the winner is the first tap equal to it
+        for c in range(C):
+            v0 = p0[c]
+            v1 = p0[C + c]
+            v2 = p0[2 * C + c]
+            v3 = p1[c]
+            v4 = p1[C + c]
+            v5 = p1[2 * C + c]
+            v6 = p2[c]
+            v7 = p2[C + c]
+            v8 = p2[2 * C + c]
+            b = v0
+            b = v1 if _wins(v1, b, rule) else b
+            b = v2 if _wins(v2, b, rule) else b
+            b = v3 if _wins(v3, b, rule) else b
+            b = v4 if _wins(v4, b, rule) else b
+            b = v5 if _wins(v5, b, rule) else b
+            b = v6 if _wins(v6, b, rule) else b
+            b = v7 if _wins(v7, b, rule) else b
+            b = v8 if _wins(v8, b, rule) else b
+            tp = t8
+            tp = t7 if v7 == b else tp
+            tp = t6 if v6 == b else tp
+            tp = t5 if v5 == b else tp
+            tp = t4 if v4 == b else tp
+            tp = t3 if v3 == b else tp
+            tp = t2 if v2 == b else tp
+            tp = t1 if v1 == b else tp
+            tp = t0 if v0 == b else tp
+            tap[c] = tp
+        return
+    for c in range(C):
+        b = p0[c]
+        tp = t0
+        v = p0[C + c]
+        take = _wins(v, b, rule)
+        b = v if take else b
+        tp = t1 if take else tp
+        v = p0[2 * C + c]
+        take = _wins(v, b, rule)
+        b = v if take else b
+        tp = t2 if take else tp
+        v = p1[c]
+        take = _wins(v, b, rule)
+        b = v if take else b
+        tp = t3 if take else tp
+        v = p1[C + c]
+        take = _wins(v, b, rule)
+        b = v if take else b
+        tp = t4 if take else tp
+        v = p1[2 * C + c]
+        take = _wins(v, b, rule)
+        b = v if take else b
+        tp = t5 if take else tp
+        v = p2[c]
+        take = _wins(v, b, rule)
+        b = v if take else b
+        tp = t6 if take else tp
+        v = p2[C + c]
+        take = _wins(v, b, rule)
+        b = v if take else b
+        tp = t7 if take else tp
+        v = p2[2 * C + c]
+        take = _wins(v, b, rule)
+        b = v if take else b
+        tp = t8 if take else tp
+        tap[c] = tp
+
+
+cdef inline void _pixel_scatter_3x3(floating* g0, const floating* g, const floating* tap, Py_ssize_t C,
+                                    Py_ssize_t row_step) noexcept nogil:
+    """Add g[c] to channel c of the winning cell of a 3x3 window (``g0``: its first cell), one channel at a
+    time: cheaper than nine masked passes."""
+    cdef Py_ssize_t c
+    cdef Py_ssize_t offs[9]
+    offs[0] = 0
+    offs[1] = C
+    offs[2] = 2 * C
+    offs[3] = row_step
+    offs[4] = row_step + C
+    offs[5] = row_step + 2 * C
+    offs[6] = 2 * row_step
+    offs[7] = 2 * row_step + C
+    offs[8] = 2 * row_step + 2 * C
+    for c in range(C):
+        g0[offs[<Py_ssize_t> tap[c]] + c] += g[c]
+
+
+cdef void _nhwc_row_vals(const floating* xn, floating* orow, Py_ssize_t i, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t C, Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, rule_t* rule) noexcept nogil:
+    """Output row i of one NHWC image, values only: ``orow`` is (out_w, C)."""
+    cdef Py_ssize_t j, a, b, c, h0, w0, a_lo, a_hi, b_lo, b_hi
+    cdef const floating* p0
+    cdef floating* op
+    cdef floating worst = INFINITY if _is_min(rule) else -INFINITY
+    h0 = i * sh - ph
+    a_lo = _tap_lo(h0, dh)
+    a_hi = _tap_hi(h0, kh, dh, H)
+    for j in range(out_w):
+        w0 = j * sw - pw
+        b_lo = _tap_lo(w0, dw)
+        b_hi = _tap_hi(w0, kw, dw, W)
+        op = orow + j * C
+        if dh == 1 and dw == 1 and a_hi - a_lo == kh and b_hi - b_lo == kw:     # every tap is real
+            p0 = xn + (h0 * W + w0) * C
+            if kh == 2 and kw == 2:
+                _pixel_2x2(op, p0, p0 + W * C, C, rule)
+                continue
+            if kh == 3 and kw == 3:
+                _pixel_3x3(op, p0, p0 + W * C, p0 + 2 * W * C, C, rule)
+                continue
+        for c in range(C):
+            op[c] = worst
+        for a in range(a_lo, a_hi):
+            for b in range(b_lo, b_hi):
+                _pixel_vals(op, xn + ((h0 + a * dh) * W + w0 + b * dw) * C, C, rule)
+
+
+def extremum_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
+                  int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, bint minimum, bint track,
+                  int num_threads):
+    """Max (min) pooling of an NHWC batch ``x`` (N, H, W, C) into ``out`` (N, out_h, out_w, C).
+
+    ``indices`` (same shape as ``out``) is filled only when ``track``. Threads share blocks of output rows
+    (whole images when there are enough of them); without indices, the input rows under a block are scanned
+    for NaN once, and a block without one runs with the rule that skips the NaN test.
+    """
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
+    cdef Py_ssize_t row, n, i, j, a, b, c, h, w, h0, w0, a_lo, a_hi, b_lo, b_hi, unit, nblk, size, i0, i1, r0, r1
+    cdef int64_t first
+    cdef const floating* xn
+    cdef floating* op
+    cdef int64_t* ip
+    cdef floating worst = INFINITY if minimum else -INFINITY
+    cdef bint has_nan
+    if N == 0:
+        return
+    if track:
+        for row in prange(N * out_h, nogil=True, schedule="static", num_threads=num_threads):
+            n = row // out_h
+            i = row % out_h
+            xn = &x[n, 0, 0, 0]
+            h0 = i * sh - ph
+            a_lo = _tap_lo(h0, dh)
+            a_hi = _tap_hi(h0, kh, dh, H)
+            for j in range(out_w):
+                w0 = j * sw - pw
+                b_lo = _tap_lo(w0, dw)
+                b_hi = _tap_hi(w0, kw, dw, W)
+                op = &out[n, i, j, 0]
+                ip = &indices[n, i, j, 0]
+                first = (h0 + a_lo * dh) * W + w0 + b_lo * dw
+                for c in range(C):
+                    op[c] = worst
+                    ip[c] = first
+                for a in range(a_lo, a_hi):
+                    h = h0 + a * dh
+                    for b in range(b_lo, b_hi):
+                        w = w0 + b * dw
+                        _pixel_index(op, ip, xn + (h * W + w) * C, C, h * W + w, minimum)
+        return
+    # blocks of output rows: whole images when N gives every thread several of them
+    nblk = (8 * num_threads + N - 1) // N
+    if nblk > out_h:
+        nblk = out_h
+    size = (out_h + nblk - 1) // nblk
+    for unit in prange(N * nblk, nogil=True, schedule="static", num_threads=num_threads):
+        n = unit // nblk
+        i0 = (unit % nblk) * size
+        i1 = min(i0 + size, out_h)
+        if i0 >= i1:
+            continue
+        xn = &x[n, 0, 0, 0]
+        r0 = max(i0 * sh - ph, 0)                              # every input row a window of the block touches
+        r1 = min((i1 - 1) * sh - ph + (kh - 1) * dh + 1, H)
+        has_nan = r1 > r0 and _has_nan(xn + r0 * W * C, (r1 - r0) * W * C)
+        for i in range(i0, i1):
+            op = &out[n, i, 0, 0]
+            if has_nan:
+                if minimum:
+                    _nhwc_row_vals(xn, op, i, H, W, C, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MinRule*> NULL)
+                else:
+                    _nhwc_row_vals(xn, op, i, H, W, C, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MaxRule*> NULL)
+            elif minimum:
+                _nhwc_row_vals(xn, op, i, H, W, C, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MinRuleNoNaN*> NULL)
+            else:
+                _nhwc_row_vals(xn, op, i, H, W, C, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MaxRuleNoNaN*> NULL)
+
+
+cdef void _nhwc_row_backward(const floating* xn, const floating* grow, floating* gx, floating* best, floating* tap,
+                             Py_ssize_t i, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t out_w,
+                             Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                             Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, rule_t* rule) noexcept nogil:
+    """Output row i of one NHWC image: for each window find every channel's winner (as a tap number held in
+    a float), then route ``grow[j, c]`` to it in ``gx``."""
+    cdef Py_ssize_t j, a, b, c, h0, w0, a_lo, a_hi, b_lo, b_hi
+    cdef const floating* px
+    cdef floating t
+    h0 = i * sh - ph
+    a_lo = _tap_lo(h0, dh)
+    a_hi = _tap_hi(h0, kh, dh, H)
+    if a_lo >= a_hi:
+        return                                            # no real cell: no winner
+    for j in range(out_w):
+        w0 = j * sw - pw
+        b_lo = _tap_lo(w0, dw)
+        b_hi = _tap_hi(w0, kw, dw, W)
+        if b_lo >= b_hi:
+            continue
+        if dh == 1 and dw == 1 and a_hi - a_lo == kh and b_hi - b_lo == kw and (
+                (kh == 2 and kw == 2) or (kh == 3 and kw == 3)):    # every tap real: winners in one pass
+            px = xn + (h0 * W + w0) * C
+            if kh == 2:
+                _pixel_winners_2x2(tap, px, px + W * C, C, rule)
+                for a in range(2):
+                    for b in range(2):
+                        _pixel_route(gx + ((h0 + a) * W + w0 + b) * C, grow + j * C, tap, C, a * 2 + b)
+            else:
+                _pixel_winners_3x3(tap, px, px + W * C, px + 2 * W * C, C, rule)
+                _pixel_scatter_3x3(gx + (h0 * W + w0) * C, grow + j * C, tap, C, W * C)
+            continue
+        t = a_lo * kw + b_lo
+        px = xn + ((h0 + a_lo * dh) * W + w0 + b_lo * dw) * C
+        for c in range(C):
+            best[c] = px[c]                               # the first real tap: the rule applied to -inf (+inf)
+            tap[c] = t
+        for a in range(a_lo, a_hi):
+            for b in range(b_lo, b_hi):
+                if a > a_lo or b > b_lo:
+                    _pixel_taps(best, tap, xn + ((h0 + a * dh) * W + w0 + b * dw) * C, C, a * kw + b, rule)
+        for a in range(a_lo, a_hi):
+            for b in range(b_lo, b_hi):
+                _pixel_route(gx + ((h0 + a * dh) * W + w0 + b * dw) * C, grow + j * C, tap, C, a * kw + b)
+
+
+def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] grad_out,
+                           floating[:, :, :, ::1] grad_x, floating[:, ::1] best_buf, floating[:, ::1] tap_buf,
+                           int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, bint minimum,
+                           int num_threads):
+    """Gradient of max (min) pooling for NHWC ``x``; ``grad_x`` (N, H, W, C) may be uninitialised.
+
+    When window rows cannot share an input row (``sh > (kh - 1) * dh``) the output rows are shared among the
+    threads, each owning the input rows of its windows; otherwise whole images are, so that the windows
+    touching one cell are always summed in row-major order by one thread. Gradient rows are zeroed just
+    before the first window reaches them, while they are still in cache. ``best_buf`` and
+    ``tap_buf`` are ``(num_threads, C)`` scratch rows. The caller keeps ``kh * kw`` below 2**24 for float32
+    (tap numbers are held in the float type).
+    """
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    cdef Py_ssize_t row, n, i, i_lo, i_hi, h_lo, h_hi, tid, units, r0, r1, zeroed
+    cdef const floating* xn
+    cdef const floating* grow
+    cdef floating* gx
+    cdef floating* best
+    cdef floating* tap
+    cdef bint by_rows = sh > (kh - 1) * dh
+    cdef bint has_nan
+    if N == 0:
+        return
+    units = N * out_h if by_rows else N
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        best = &best_buf[tid, 0]
+        tap = &tap_buf[tid, 0]
+        for row in prange(units, schedule="static"):
+            if by_rows:
+                n = row // out_h
+                i_lo = row % out_h
+                i_hi = i_lo + 1
+                # the input rows this output row owns: from its first tap row to the next output row's
+                h_lo = 0 if i_lo == 0 else min(max(i_lo * sh - ph, 0), H)
+                h_hi = H if i_lo == out_h - 1 else min(max(i_hi * sh - ph, 0), H)
+            else:
+                n = row
+                i_lo = 0
+                i_hi = out_h
+                h_lo = 0
+                h_hi = H
+            xn = &x[n, 0, 0, 0]
+            gx = &grad_x[n, 0, 0, 0]
+            r0 = max(i_lo * sh - ph, 0)                          # every input row these windows touch
+            r1 = min((i_hi - 1) * sh - ph + (kh - 1) * dh + 1, H)
+            has_nan = r1 > r0 and _has_nan(xn + r0 * W * C, (r1 - r0) * W * C)
+            zeroed = h_lo                                        # rows [h_lo, zeroed) of grad_x are zeroed
+            for i in range(i_lo, i_hi):
+                # zero the rows this output row's windows reach first, just before they are used (cache-hot)
+                r1 = min(i * sh - ph + (kh - 1) * dh + 1, h_hi)
+                if r1 > zeroed:
+                    memset(gx + zeroed * W * C, 0, (r1 - zeroed) * W * C * sizeof(floating))
+                    zeroed = r1
+                grow = &grad_out[n, i, 0, 0]
+                if has_nan:
+                    if minimum:
+                        _nhwc_row_backward(xn, grow, gx, best, tap, i, H, W, C, out_w, kh, kw, sh, sw, ph, pw, dh,
+                                           dw, <MinRule*> NULL)
+                    else:
+                        _nhwc_row_backward(xn, grow, gx, best, tap, i, H, W, C, out_w, kh, kw, sh, sw, ph, pw, dh,
+                                           dw, <MaxRule*> NULL)
+                elif minimum:
+                    _nhwc_row_backward(xn, grow, gx, best, tap, i, H, W, C, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
+                                       <MinRuleNoNaN*> NULL)
+                else:
+                    _nhwc_row_backward(xn, grow, gx, best, tap, i, H, W, C, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
+                                       <MaxRuleNoNaN*> NULL)
+            if h_hi > zeroed:                                    # rows no window of this unit reaches
+                memset(gx + zeroed * W * C, 0, (h_hi - zeroed) * W * C * sizeof(floating))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Average pooling. ``divisors`` is the (out_h, out_w) table of divisors, already converted to the dtype.
+
+cdef inline void _sum_taps(floating* acc, const floating* row, Py_ssize_t j_lo, Py_ssize_t j_hi, Py_ssize_t step,
+                           Py_ssize_t off) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(j_lo, j_hi):
+        acc[j] = acc[j] + row[j * step + off]
+
+
+cdef inline void _spread_taps(floating* grow, const floating* share, Py_ssize_t j_lo, Py_ssize_t j_hi,
+                              Py_ssize_t step, Py_ssize_t off) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(j_lo, j_hi):
+        grow[j * step + off] = grow[j * step + off] + share[j]
+
+
+def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const floating[:, ::1] divisors,
+             int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
+    """Average pooling of a C-contiguous NCHW batch."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+    cdef Py_ssize_t plane, i, j, a, b, h, h0, off, a_lo, a_hi, j_lo, j_hi
+    cdef const floating* xp
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef const floating* dv
+    cdef floating* op
+    cdef floating s
+    if N * C == 0:
+        return
+    if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1):
+        for plane in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
+            xp = &x[0, 0, 0, 0] + plane * H * W
+            op = &out[0, 0, 0, 0] + plane * out_h * out_w
+            for i in range(out_h):
+                r0 = xp + 2 * i * W
+                r1 = r0 + W
+                dv = &divisors[i, 0]
+                for j in range(out_w):
+                    s = 0
+                    s = s + r0[2 * j]
+                    s = s + r0[2 * j + 1]
+                    s = s + r1[2 * j]
+                    s = s + r1[2 * j + 1]
+                    op[i * out_w + j] = s / dv[j]
+        return
+    for plane in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
+        xp = &x[0, 0, 0, 0] + plane * H * W
+        for i in range(out_h):
+            op = &out[0, 0, 0, 0] + (plane * out_h + i) * out_w
+            dv = &divisors[i, 0]
+            for j in range(out_w):
+                op[j] = 0
+            h0 = i * sh - ph
+            a_lo = _tap_lo(h0, 1)
+            a_hi = _tap_hi(h0, kh, 1, H)
+            for a in range(a_lo, a_hi):
+                h = h0 + a
+                for b in range(kw):
+                    off = b - pw
+                    j_lo = _tap_lo(off, sw)
+                    j_hi = _tap_hi(off, out_w, sw, W)
+                    if j_lo >= j_hi:
+                        continue
+                    if sw == 1:
+                        _sum_taps(op, xp + h * W, j_lo, j_hi, 1, off)
+                    elif sw == 2:
+                        _sum_taps(op, xp + h * W, j_lo, j_hi, 2, off)
+                    else:
+                        _sum_taps(op, xp + h * W, j_lo, j_hi, sw, off)
+            for j in range(out_w):
+                op[j] = op[j] / dv[j]
+
+
+def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_x,
+                      const floating[:, ::1] divisors, floating[:, ::1] share_buf,
+                      int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
+    """Gradient of average pooling, NCHW: ``grad_out / divisor`` added to every real cell of each window.
+
+    ``grad_x`` may be uninitialised; ``share_buf`` is ``(num_threads, out_w)`` scratch.
+    """
+    cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1], H = grad_x.shape[2], W = grad_x.shape[3]
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+    cdef Py_ssize_t plane, i, j, a, h, h0, b, off, a_lo, a_hi, j_lo, j_hi, tid
+    cdef const floating* gp
+    cdef const floating* dv
+    cdef floating* gx
+    cdef floating* g0
+    cdef floating* g1
+    cdef floating* share
+    cdef floating s
+    if N * C == 0:
+        return
+    if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1):
+        for plane in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
+            gp = &grad_out[0, 0, 0, 0] + plane * out_h * out_w
+            gx = &grad_x[0, 0, 0, 0] + plane * H * W
+            if 2 * out_h < H or 2 * out_w < W:
+                memset(gx, 0, H * W * sizeof(floating))
+            for i in range(out_h):
+                g0 = gx + 2 * i * W
+                g1 = g0 + W
+                dv = &divisors[i, 0]
+                for j in range(out_w):
+                    s = 0
+                    s = s + gp[i * out_w + j] / dv[j]
+                    g0[2 * j] = s
+                    g0[2 * j + 1] = s
+                    g1[2 * j] = s
+                    g1[2 * j + 1] = s
+        return
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        share = &share_buf[tid, 0]
+        for plane in prange(N * C, schedule="static"):
+            gp = &grad_out[0, 0, 0, 0] + plane * out_h * out_w
+            gx = &grad_x[0, 0, 0, 0] + plane * H * W
+            memset(gx, 0, H * W * sizeof(floating))
+            for i in range(out_h):
+                dv = &divisors[i, 0]
+                for j in range(out_w):
+                    share[j] = gp[i * out_w + j] / dv[j]
+                h0 = i * sh - ph
+                a_lo = _tap_lo(h0, 1)
+                a_hi = _tap_hi(h0, kh, 1, H)
+                for a in range(a_lo, a_hi):
+                    h = h0 + a
+                    for b in range(kw):
+                        off = b - pw
+                        j_lo = _tap_lo(off, sw)
+                        j_hi = _tap_hi(off, out_w, sw, W)
+                        if j_lo >= j_hi:
+                            continue
+                        if sw == 1:
+                            _spread_taps(gx + h * W, share, j_lo, j_hi, 1, off)
+                        elif sw == 2:
+                            _spread_taps(gx + h * W, share, j_lo, j_hi, 2, off)
+                        else:
+                            _spread_taps(gx + h * W, share, j_lo, j_hi, sw, off)
+
+
+def avg_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const floating[:, ::1] divisors,
+             int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
+    """Average pooling of an NHWC batch ``x`` (N, H, W, C) into ``out`` (N, out_h, out_w, C)."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
+    cdef Py_ssize_t row, n, i, j, a, b, c, h0, w0, a_lo, a_hi, b_lo, b_hi
+    cdef const floating* px
+    cdef floating* op
+    cdef floating d
+    if N == 0:
+        return
+    for row in prange(N * out_h, nogil=True, schedule="static", num_threads=num_threads):
+        n = row // out_h
+        i = row % out_h
+        h0 = i * sh - ph
+        a_lo = _tap_lo(h0, 1)
+        a_hi = _tap_hi(h0, kh, 1, H)
+        for j in range(out_w):
+            w0 = j * sw - pw
+            b_lo = _tap_lo(w0, 1)
+            b_hi = _tap_hi(w0, kw, 1, W)
+            op = &out[n, i, j, 0]
+            d = divisors[i, j]
+            for c in range(C):
+                op[c] = 0
+            for a in range(a_lo, a_hi):
+                for b in range(b_lo, b_hi):
+                    px = &x[n, h0 + a, w0 + b, 0]
+                    for c in range(C):
+                        op[c] = op[c] + px[c]
+            for c in range(C):
+                op[c] = op[c] / d
+
+
+def avg_backward_nhwc(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_x,
+                      const floating[:, ::1] divisors, floating[:, ::1] share_buf,
+                      int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
+    """Gradient of average pooling for NHWC ``grad_out``; ``grad_x`` (N, H, W, C) may be uninitialised.
+
+    ``share_buf`` is ``(num_threads, C)`` scratch. Threads share output rows when window rows cannot
+    overlap (``sh >= kh``; each zeroes the input rows it owns first), else images.
+    """
+    cdef Py_ssize_t N = grad_x.shape[0], H = grad_x.shape[1], W = grad_x.shape[2], C = grad_x.shape[3]
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    cdef Py_ssize_t row, n, i, i_lo, i_hi, j, a, b, c, h0, w0, a_lo, a_hi, b_lo, b_hi, h_lo, h_hi, tid, units
+    cdef const floating* gp
+    cdef floating* gpx
+    cdef floating* share
+    cdef floating d
+    cdef bint by_rows = sh >= kh
+    if N == 0:
+        return
+    units = N * out_h if by_rows else N
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        share = &share_buf[tid, 0]
+        for row in prange(units, schedule="static"):
+            if by_rows:
+                n = row // out_h
+                i_lo = row % out_h
+                i_hi = i_lo + 1
+                h_lo = 0 if i_lo == 0 else min(max(i_lo * sh - ph, 0), H)
+                h_hi = H if i_lo == out_h - 1 else min(max(i_hi * sh - ph, 0), H)
+            else:
+                n = row
+                i_lo = 0
+                i_hi = out_h
+                h_lo = 0
+                h_hi = H
+            if h_hi > h_lo:
+                memset(&grad_x[n, h_lo, 0, 0], 0, (h_hi - h_lo) * W * C * sizeof(floating))
+            for i in range(i_lo, i_hi):
+                h0 = i * sh - ph
+                a_lo = _tap_lo(h0, 1)
+                a_hi = _tap_hi(h0, kh, 1, H)
+                for j in range(out_w):
+                    w0 = j * sw - pw
+                    b_lo = _tap_lo(w0, 1)
+                    b_hi = _tap_hi(w0, kw, 1, W)
+                    gp = &grad_out[n, i, j, 0]
+                    d = divisors[i, j]
+                    for c in range(C):
+                        share[c] = gp[c] / d
+                    for a in range(a_lo, a_hi):
+                        for b in range(b_lo, b_hi):
+                            gpx = &grad_x[n, h0 + a, w0 + b, 0]
+                            for c in range(C):
+                                gpx[c] = gpx[c] + share[c]

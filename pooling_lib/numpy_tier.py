@@ -7,6 +7,8 @@ elementwise, so max/min pooling (forward and backward) and the average-pooling f
 The average-pooling backward adds a cell's shares tap by tap rather than window by window, so where windows
 overlap it can differ from the naive tier in the last bit.
 """
+import dataclasses
+
 import numpy as np
 
 __all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"]
@@ -46,7 +48,62 @@ def _first_real_tap(start, dilation):
 
 
 def max_pool_forward(x, g, minimum=False, return_indices=True):
-    """Max (min) pooling as a running maximum over the window's taps. Returns ``(out, indices or None)``."""
+    """Max (min) pooling as a running maximum over the window's taps. Returns ``(out, indices or None)``.
+
+    Without indices, a plain running ``np.maximum`` (``np.minimum``) over the taps gives the same bits as the
+    update rule wherever a window holds no NaN and its best value is not a zero (+0.0 and -0.0 are the only
+    equal values with different bits, and which of them wins depends on the order); the planes where either
+    happens are recomputed with the rule.
+    """
+    if return_indices or g.N * g.C == 0:
+        return _max_pool_rule(x, g, minimum, return_indices)
+    out = _running_extremum(x, g, minimum)
+    suspect = np.isnan(out)
+    zero = out == 0
+    if zero.any():
+        # a zero result is exact when its plane holds no -0.0 at all (then every zero is +0.0)
+        negative_zero = np.signbit(x) & (x == 0)
+        planes = negative_zero.reshape(g.N * g.C, g.H * g.W).any(axis=1)
+        suspect.reshape(g.N * g.C, g.out_h * g.out_w)[planes & zero.reshape(g.N * g.C, -1).any(axis=1)] = True
+    if suspect.any():
+        planes = np.flatnonzero(suspect.reshape(g.N * g.C, -1).any(axis=1))
+        sub = x.reshape(g.N * g.C, 1, g.H, g.W)[planes]  # (copies when x is not contiguous)
+        exact, _ = _max_pool_rule(sub, dataclasses.replace(g, N=len(planes), C=1), minimum, False)
+        out.reshape(g.N * g.C, g.out_h, g.out_w)[planes] = exact[:, 0]
+    return out, None
+
+
+def _running_extremum(x, g, minimum):
+    """``np.maximum`` (``np.minimum``) over every tap's strided view, each clipped to the windows whose tap is
+    a real cell, so no padded copy is made. Exact except at NaN and at zero results (see above)."""
+    worst = np.inf if minimum else -np.inf
+    pick = np.minimum if minimum else np.maximum
+    out = np.full(g.out_shape, worst, dtype=x.dtype)
+    for a in range(g.kernel_h):
+        i0, i1, h0 = _tap_range(a, g.out_h, g.stride_h, g.pad_h, g.dilation_h, g.H)
+        if i0 >= i1:
+            continue
+        for b in range(g.kernel_w):
+            j0, j1, w0 = _tap_range(b, g.out_w, g.stride_w, g.pad_w, g.dilation_w, g.W)
+            if j0 >= j1:
+                continue
+            view = x[:, :, h0 : h0 + (i1 - i0 - 1) * g.stride_h + 1 : g.stride_h,
+                     w0 : w0 + (j1 - j0 - 1) * g.stride_w + 1 : g.stride_w]
+            dst = out[:, :, i0:i1, j0:j1]
+            pick(dst, view, out=dst)
+    return out
+
+
+def _tap_range(t, n_out, stride, pad, dilation, length):
+    """Windows ``[i0, i1)`` whose tap ``t`` is a real cell, and that tap's input coordinate for window ``i0``."""
+    offset = t * dilation - pad  # input coordinate of tap t in window i is i * stride + offset
+    i0 = max(0, -(offset // stride)) if offset < 0 else 0
+    i1 = min(n_out, (length - 1 - offset) // stride + 1) if length - 1 - offset >= 0 else 0
+    return i0, max(i0, i1), i0 * stride + offset
+
+
+def _max_pool_rule(x, g, minimum=False, return_indices=True):
+    """The update rule applied tap by tap to padded strided views: exact, with or without indices."""
     worst = np.inf if minimum else -np.inf
     xp = _padded(x, g, worst)  # padding holds -inf (+inf for min): it can never replace the running best
     better = np.less if minimum else np.greater

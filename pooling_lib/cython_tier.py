@@ -1,0 +1,191 @@
+"""The Cython tier: the compiled, multi-threaded kernels of :mod:`pooling_lib._kernels`.
+
+The four functions have the naive tier's signatures and contracts. Each takes an NCHW-*axes* array of
+float32 or float64 in any memory order, picks the kernel for its memory order, allocates the outputs and
+calls the kernel with the GIL released:
+
+* NCHW memory (C-contiguous): kernels that run over the ``N * C`` planes;
+* NHWC memory (``x.transpose(0, 2, 3, 1)`` is C-contiguous, as for ``x_nhwc.transpose(0, 3, 1, 2)``): kernels
+  whose innermost loop runs over the contiguous channel axis; the result is written in NHWC memory and
+  returned as its NCHW-axes view, so :mod:`pooling_lib.functional` hands an NHWC caller a C-contiguous array;
+* any other memory order is first copied to C-contiguous NCHW.
+
+Results are bit-identical to the naive tier (average pooling's backward may differ in the last bits where
+windows overlap). Like the other tiers, this one does no argument validation of its own.
+
+``set_num_threads(n)`` sets how many OpenMP threads the kernels use (``get_num_threads()`` reads it; the
+default is OpenMP's, usually the number of cores); ``openmp_enabled()`` tells whether the extension was
+built with OpenMP at all (if not, every kernel runs on one thread).
+"""
+import numbers
+
+import numpy as np
+
+from . import _kernels  # ImportError when the extension was not built: functional then leaves this tier out
+
+__all__ = [
+    "max_pool_forward",
+    "max_pool_backward",
+    "avg_pool_forward",
+    "avg_pool_backward",
+    "set_num_threads",
+    "get_num_threads",
+    "openmp_enabled",
+]
+
+_num_threads = max(1, int(_kernels.default_num_threads()))
+
+
+def openmp_enabled():
+    """True when the compiled kernels were built with OpenMP (and so can use several threads)."""
+    return _kernels.openmp_enabled()
+
+
+def get_num_threads():
+    """Number of threads the kernels use (set by :func:`set_num_threads`; default: OpenMP's default)."""
+    return _num_threads
+
+
+def set_num_threads(n):
+    """Use ``n`` threads (a positive int) in the compiled kernels from now on; returns the previous count.
+
+    Without OpenMP (see :func:`openmp_enabled`) the count is recorded but the kernels run on one thread.
+    """
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    previous, _num_threads = _num_threads, int(n)
+    return previous
+
+
+def _is_nhwc(a):
+    """True when ``a`` (NCHW axes) is laid out as NHWC in memory.
+
+    When both orders describe the memory (``C == 1``, or ``H == W == 1`` as for a global pooling's
+    ``grad_out``), the strides of the size-1 axes, which keep the caller's layout, decide.
+    """
+    if not a.transpose(0, 2, 3, 1).flags.c_contiguous:
+        return False
+    if not a.flags.c_contiguous:
+        return True
+    return a.shape[1] > 1 and a.strides[1] < a.strides[3]
+
+
+def _geometry_args(g, dilation=True):
+    args = [g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w]
+    if dilation:
+        args += [g.dilation_h, g.dilation_w]
+    return args
+
+
+def _nhwc_empty(g, dtype):
+    """An uninitialised (N, out_h, out_w, C) array."""
+    return np.empty((g.N, g.out_h, g.out_w, g.C), dtype=dtype)
+
+
+def max_pool_forward(x, g, minimum=False, return_indices=True):
+    """Max (min) pooling. Returns ``(out, indices or None)`` of shape ``g.out_shape`` (NCHW axes)."""
+    if g.N == 0:
+        out = np.empty(g.out_shape, dtype=x.dtype)
+        return out, (np.empty(g.out_shape, dtype=np.int64) if return_indices else None)
+    nt = _num_threads
+    if _is_nhwc(x):
+        xm = x.transpose(0, 2, 3, 1)
+        out = _nhwc_empty(g, x.dtype)
+        indices = _nhwc_empty(g, np.int64) if return_indices else np.empty((0, 0, 0, 0), dtype=np.int64)
+        _kernels.extremum_nhwc(xm, out, indices, *_geometry_args(g), minimum, return_indices, nt)
+        out = out.transpose(0, 3, 1, 2)
+        return out, (indices.transpose(0, 3, 1, 2) if return_indices else None)
+    x = np.ascontiguousarray(x)
+    out = np.empty(g.out_shape, dtype=x.dtype)
+    if return_indices:
+        indices = np.empty(g.out_shape, dtype=np.int64)
+        if minimum:
+            _kernels.extremum_nchw(x, out, indices, *_geometry_args(g), True, True, nt)
+        else:  # the book's chapter 8 kernel
+            _kernels.max_pool2d_nchw(x, out, indices, *_geometry_args(g), nt)
+        return out, indices
+    _kernels.extremum_nchw(x, out, np.empty((0, 0, 0, 0), dtype=np.int64), *_geometry_args(g), minimum, False, nt)
+    return out, None
+
+
+def max_pool_backward(grad_out, x, g, minimum=False):
+    """Gradient of max (min) pooling: each window's ``grad_out`` goes to its winner; a cell's gradients add up."""
+    nt = _num_threads
+    if g.N == 0:
+        return np.zeros((g.N, g.C, g.H, g.W), dtype=x.dtype)
+    grad_out = grad_out.astype(x.dtype, copy=False)
+    # the NHWC kernel holds tap numbers in the float type: exact below 2**24 taps for float32
+    if _is_nhwc(x) and (x.dtype == np.float64 or g.kernel_h * g.kernel_w < 2**24):
+        xm = x.transpose(0, 2, 3, 1)
+        gm = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))
+        grad_x = np.empty((g.N, g.H, g.W, g.C), dtype=x.dtype)
+        best = np.empty((nt, g.C), dtype=x.dtype)
+        tap = np.empty((nt, g.C), dtype=x.dtype)
+        _kernels.extremum_backward_nhwc(xm, gm, grad_x, best, tap, *_geometry_args(g), minimum, nt)
+        return grad_x.transpose(0, 3, 1, 2)
+    x = np.ascontiguousarray(x)
+    grad_out = np.ascontiguousarray(grad_out)
+    grad_x = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype)
+    best = np.empty((nt, g.out_w), dtype=x.dtype)
+    tap = np.empty((nt, g.out_w), dtype=x.dtype)
+    win = np.empty((nt, g.out_w), dtype=np.int64)
+    _kernels.extremum_backward_nchw(x, grad_out, grad_x, best, tap, win, *_geometry_args(g), minimum, nt)
+    return grad_x
+
+
+def _avg_divisors(g, count_include_pad, divisor_override, dtype):
+    """The ``(out_h, out_w)`` divisors of PyTorch's average pooling, converted to ``dtype`` (C-contiguous)."""
+    if divisor_override is not None:
+        return np.full((g.out_h, g.out_w), divisor_override, dtype=np.int64).astype(dtype)
+
+    def sizes(out, stride, pad, kernel, length):
+        start = np.arange(out, dtype=np.int64) * stride - pad
+        end = np.minimum(start + kernel, length + pad)  # a ceil_mode window stops at the padding's edge
+        if count_include_pad:
+            return end - start
+        return np.minimum(end, length) - np.maximum(start, 0)
+
+    rows = sizes(g.out_h, g.stride_h, g.pad_h, g.kernel_h, g.H)
+    cols = sizes(g.out_w, g.stride_w, g.pad_w, g.kernel_w, g.W)
+    return np.ascontiguousarray((rows[:, None] * cols[None, :]).astype(dtype))
+
+
+def avg_pool_forward(x, g, count_include_pad=True, divisor_override=None):
+    """Average pooling: the sum of each window's real cells, divided once by PyTorch's divisor."""
+    if g.N == 0:
+        return np.empty(g.out_shape, dtype=x.dtype)
+    divisors = _avg_divisors(g, count_include_pad, divisor_override, x.dtype)
+    nt = _num_threads
+    if _is_nhwc(x):
+        out = _nhwc_empty(g, x.dtype)
+        _kernels.avg_nhwc(x.transpose(0, 2, 3, 1), out, divisors, *_geometry_args(g, dilation=False), nt)
+        return out.transpose(0, 3, 1, 2)
+    x = np.ascontiguousarray(x)
+    out = np.empty(g.out_shape, dtype=x.dtype)
+    _kernels.avg_nchw(x, out, divisors, *_geometry_args(g, dilation=False), nt)
+    return out
+
+
+def avg_pool_backward(grad_out, g, dtype, count_include_pad=True, divisor_override=None):
+    """Gradient of average pooling: each window spreads ``grad_out / divisor`` over its real cells.
+
+    The result is in NHWC memory when ``grad_out`` is, else C-contiguous NCHW.
+    """
+    dtype = np.dtype(dtype)
+    if g.N == 0:
+        return np.zeros((g.N, g.C, g.H, g.W), dtype=dtype)
+    grad_out = grad_out.astype(dtype, copy=False)
+    divisors = _avg_divisors(g, count_include_pad, divisor_override, dtype)
+    nt = _num_threads
+    if _is_nhwc(grad_out):
+        grad_x = np.empty((g.N, g.H, g.W, g.C), dtype=dtype)
+        share = np.empty((nt, g.C), dtype=dtype)
+        _kernels.avg_backward_nhwc(grad_out.transpose(0, 2, 3, 1), grad_x, divisors, share,
+                                   *_geometry_args(g, dilation=False), nt)
+        return grad_x.transpose(0, 3, 1, 2)
+    grad_out = np.ascontiguousarray(grad_out)
+    grad_x = np.empty((g.N, g.C, g.H, g.W), dtype=dtype)
+    share = np.empty((nt, g.out_w), dtype=dtype)
+    _kernels.avg_backward_nchw(grad_out, grad_x, divisors, share, *_geometry_args(g, dilation=False), nt)
+    return grad_x

@@ -1,0 +1,120 @@
+"""Smoke test of the benchmark command (``python -m pooling_lib.bench``): it runs, and its output is complete
+and consistent. No timing is asserted: the machine's speed is not under test."""
+import csv
+import math
+import sys
+
+import pytest
+
+from pooling_lib import bench, functional
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_run_writes_times_ratios_and_plot(quick_run):
+    assert (quick_run / "times.csv").stat().st_size > 0
+    assert (quick_run / "ratios.csv").stat().st_size > 0
+    png = (quick_run / "times.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_implementation_is_timed_for_every_case(quick_run):
+    rows = _read(quick_run / "times.csv")
+    expected = {"naive", "numpy", "memory-limit"}
+    if "cython" in functional.available_backends():
+        expected |= {"cython", "cython-nhwc"}
+    if "torch" in sys.modules or _has_torch():
+        expected |= {"torch", "torch-channels_last"}
+    cases = {(r["dtype"], r["config"], r["op"], r["pass"]) for r in rows if r["impl"] != "copy"}
+    # 2 dtypes x 2 configs x 2 ops x 2 passes
+    assert len(cases) == 16
+    for case in cases:
+        timed = {r["impl"] for r in rows if (r["dtype"], r["config"], r["op"], r["pass"]) == case}
+        assert expected <= timed, (case, expected - timed)
+    copies = [r for r in rows if r["impl"] == "copy"]
+    assert {(r["dtype"], r["config"]) for r in copies} == {(d, c) for d, c, _, _ in cases}
+
+
+def test_times_are_positive_and_naive_is_scaled(quick_run):
+    rows = _read(quick_run / "times.csv")
+    for r in rows:
+        assert float(r["time_ms"]) > 0, r
+        assert 0 < float(r["min_ms"]) <= float(r["time_ms"]) + 1e-12, r
+        assert int(r["repeats"]) == 2, r
+    for r in rows:
+        if r["impl"] == "naive":
+            n, c, _, _ = map(int, r["shape"].split("x"))
+            mn, mc, _, _ = map(int, r["measured_shape"].split("x"))
+            assert math.isclose(float(r["scale"]), n * c / (mn * mc))
+        elif r["impl"] != "memory-limit":
+            assert float(r["scale"]) == 1.0 and r["measured_shape"] == r["shape"]
+
+
+def test_memory_limit_is_the_copy_scaled_by_the_bytes_moved(quick_run):
+    rows = _read(quick_run / "times.csv")
+    copy = {(r["dtype"], r["config"]): r for r in rows if r["impl"] == "copy"}
+    for r in rows:
+        if r["impl"] != "memory-limit":
+            continue
+        # the input (2, 4, 16, 16) pools to 8x8 with both configurations: the output is a quarter of the input
+        x, out = 1.0, 0.25
+        moved = x + out if r["pass"] == "forward" else (2 * x + 2 * out + (x if r["op"] == "max" else 0))
+        # rows are medians of their own rounds, so compare with the factor, not the copy row's time
+        assert math.isclose(float(r["scale"]), moved / 2), r
+        assert (r["dtype"], r["config"]) in copy
+
+
+def test_ratio_table_names_every_goal_and_its_result(quick_run):
+    ratios = _read(quick_run / "ratios.csv")
+    names = {r["name"] for r in ratios}
+    assert names == {goal[0] for goal in bench.GOALS}
+    times = {(r["impl"], r["op"], r["pass"], r["dtype"], r["config"], r["threads"]): float(r["time_ms"])
+             for r in _read(quick_run / "times.csv")}
+    for r in ratios:
+        if r["value"] == "":  # not timed: the quick run uses one thread, so the 2-thread ratios are n/a
+            assert r["passed"] == "" and "thread" in r["name"]
+            continue
+        value = float(r["value"])
+        assert value > 0 and r["passed"] in ("True", "False")
+        goal = next(g for g in bench.GOALS if g[0] == r["name"])
+        _, num, den, op, pass_, (t_num, t_den), _, test = goal
+        expected = times[(num, op, pass_, r["dtype"], r["config"], str(t_num))] / \
+            times[(den, op, pass_, r["dtype"], r["config"], str(t_den))]
+        assert math.isclose(value, expected, rel_tol=1e-9)
+        assert (r["passed"] == "True") == test(value)
+
+
+def test_run_api_returns_rows_and_plot_returns_a_figure():
+    rows = bench.run(shape=(1, 2, 8, 8), repeats=1, ops=("max",), passes=("forward",), dtypes=("float64",),
+                     configs=("k2 s2",), impls=("naive", "numpy", "copy"), progress=False)
+    assert {r["impl"] for r in rows} == {"naive", "numpy", "copy", "memory-limit"}
+    assert all(r["time_ms"] > 0 for r in rows)
+    fig = bench.plot(rows)
+    assert fig.axes and fig.axes[0].get_title().startswith("max pooling, forward")
+
+
+def test_importing_pooling_lib_does_not_import_torch_or_matplotlib():
+    import subprocess
+
+    code = ("import sys, pooling_lib, pooling_lib.bench; "
+            "print(any(m == 'torch' or m.startswith('matplotlib') for m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
