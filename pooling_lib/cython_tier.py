@@ -21,6 +21,8 @@ import numbers
 
 import numpy as np
 
+from .params import avg_divisors
+
 from . import _kernels  # ImportError when the extension was not built: functional then leaves this tier out
 
 __all__ = [
@@ -71,6 +73,16 @@ def _is_nhwc(a):
     return a.shape[1] > 1 and a.strides[1] < a.strides[3]
 
 
+# Below this many input cells a call runs on one thread: starting and joining an OpenMP team costs more than the
+# work, and on a busy machine a thread waiting for a core can make a tiny call thousands of times slower.
+SMALL_WORK = 1 << 16
+
+
+def _threads_for(g):
+    """The thread count for one call: :func:`get_num_threads`, or 1 for a small input."""
+    return _num_threads if g.N * g.C * g.H * g.W >= SMALL_WORK else 1
+
+
 def _geometry_args(g, dilation=True):
     args = [g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w]
     if dilation:
@@ -88,7 +100,7 @@ def max_pool_forward(x, g, minimum=False, return_indices=True):
     if g.N == 0:
         out = np.empty(g.out_shape, dtype=x.dtype)
         return out, (np.empty(g.out_shape, dtype=np.int64) if return_indices else None)
-    nt = _num_threads
+    nt = _threads_for(g)
     if _is_nhwc(x):
         xm = x.transpose(0, 2, 3, 1)
         out = _nhwc_empty(g, x.dtype)
@@ -111,7 +123,7 @@ def max_pool_forward(x, g, minimum=False, return_indices=True):
 
 def max_pool_backward(grad_out, x, g, minimum=False):
     """Gradient of max (min) pooling: each window's ``grad_out`` goes to its winner; a cell's gradients add up."""
-    nt = _num_threads
+    nt = _threads_for(g)
     if g.N == 0:
         return np.zeros((g.N, g.C, g.H, g.W), dtype=x.dtype)
     grad_out = grad_out.astype(x.dtype, copy=False)
@@ -135,20 +147,8 @@ def max_pool_backward(grad_out, x, g, minimum=False):
 
 
 def _avg_divisors(g, count_include_pad, divisor_override, dtype):
-    """The ``(out_h, out_w)`` divisors of PyTorch's average pooling, converted to ``dtype`` (C-contiguous)."""
-    if divisor_override is not None:
-        return np.full((g.out_h, g.out_w), divisor_override, dtype=np.int64).astype(dtype)
-
-    def sizes(out, stride, pad, kernel, length):
-        start = np.arange(out, dtype=np.int64) * stride - pad
-        end = np.minimum(start + kernel, length + pad)  # a ceil_mode window stops at the padding's edge
-        if count_include_pad:
-            return end - start
-        return np.minimum(end, length) - np.maximum(start, 0)
-
-    rows = sizes(g.out_h, g.stride_h, g.pad_h, g.kernel_h, g.H)
-    cols = sizes(g.out_w, g.stride_w, g.pad_w, g.kernel_w, g.W)
-    return np.ascontiguousarray((rows[:, None] * cols[None, :]).astype(dtype))
+    """PyTorch's ``(out_h, out_w)`` divisors, converted to ``dtype`` (C-contiguous) for the kernels."""
+    return np.ascontiguousarray(avg_divisors(g, count_include_pad, divisor_override).astype(dtype))
 
 
 def avg_pool_forward(x, g, count_include_pad=True, divisor_override=None):
@@ -156,7 +156,7 @@ def avg_pool_forward(x, g, count_include_pad=True, divisor_override=None):
     if g.N == 0:
         return np.empty(g.out_shape, dtype=x.dtype)
     divisors = _avg_divisors(g, count_include_pad, divisor_override, x.dtype)
-    nt = _num_threads
+    nt = _threads_for(g)
     if _is_nhwc(x):
         out = _nhwc_empty(g, x.dtype)
         _kernels.avg_nhwc(x.transpose(0, 2, 3, 1), out, divisors, *_geometry_args(g, dilation=False), nt)
@@ -177,7 +177,7 @@ def avg_pool_backward(grad_out, g, dtype, count_include_pad=True, divisor_overri
         return np.zeros((g.N, g.C, g.H, g.W), dtype=dtype)
     grad_out = grad_out.astype(dtype, copy=False)
     divisors = _avg_divisors(g, count_include_pad, divisor_override, dtype)
-    nt = _num_threads
+    nt = _threads_for(g)
     if _is_nhwc(grad_out):
         grad_x = np.empty((g.N, g.H, g.W, g.C), dtype=dtype)
         share = np.empty((nt, g.C), dtype=dtype)

@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 
+from .params import avg_divisors
+
 __all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"]
 
 
@@ -131,23 +133,6 @@ def max_pool_backward(grad_out, x, g, minimum=False):
     grad_x = np.zeros(g.N * g.C * plane, dtype=x.dtype)
     np.add.at(grad_x, flat.ravel(), np.ascontiguousarray(grad_out).ravel())
     return grad_x.reshape(g.N, g.C, g.H, g.W)
-
-
-def avg_divisors(g, count_include_pad=True, divisor_override=None):
-    """The ``(out_h, out_w)`` array of divisors PyTorch uses for each window."""
-    if divisor_override is not None:
-        return np.full((g.out_h, g.out_w), divisor_override, dtype=np.int64)
-
-    def sizes(out, stride, pad, kernel, length):
-        start = np.arange(out) * stride - pad
-        end = np.minimum(start + kernel, length + pad)
-        if count_include_pad:
-            return end - start
-        return np.minimum(end, length) - np.maximum(start, 0)
-
-    rows = sizes(g.out_h, g.stride_h, g.pad_h, g.kernel_h, g.H)
-    cols = sizes(g.out_w, g.stride_w, g.pad_w, g.kernel_w, g.W)
-    return rows[:, None] * cols[None, :]
 
 
 def avg_pool_forward(x, g, count_include_pad=True, divisor_override=None):

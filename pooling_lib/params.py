@@ -25,6 +25,7 @@ __all__ = [
     "to_nchw",
     "from_nchw",
     "pool_geometry",
+    "avg_divisors",
 ]
 
 LAYOUTS = ("NCHW", "NHWC")
@@ -291,3 +292,24 @@ def check_grad_out(grad_out, expected_nchw_shape, dtype, layout):
             f"grad_out must have the shape of the forward output, {tuple(expected)} ({layout}), got {grad_out.shape}"
         )
     return to_nchw(grad_out.astype(dtype, copy=False), layout)
+
+
+def avg_divisors(g, count_include_pad=True, divisor_override=None):
+    """The ``(out_h, out_w)`` int64 array of divisors PyTorch's average pooling uses for each window.
+
+    ``divisor_override`` when given; else, with ``count_include_pad``, the window's extent clipped to the padded
+    input (a ``ceil_mode`` window stops at the padding's edge); else the number of real cells it covers.
+    """
+    if divisor_override is not None:
+        return np.full((g.out_h, g.out_w), divisor_override, dtype=np.int64)
+
+    def sizes(out, stride, pad, kernel, length):
+        start = np.arange(out) * stride - pad
+        end = np.minimum(start + kernel, length + pad)
+        if count_include_pad:
+            return end - start
+        return np.minimum(end, length) - np.maximum(start, 0)
+
+    rows = sizes(g.out_h, g.stride_h, g.pad_h, g.kernel_h, g.H)
+    cols = sizes(g.out_w, g.stride_w, g.pad_w, g.kernel_w, g.W)
+    return rows[:, None] * cols[None, :]
