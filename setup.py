@@ -66,7 +66,11 @@ extensions = [
     )
 ]
 
+ext_modules = cythonize(extensions, language_level=3, compiler_directives={"embedsignature": True})
+for ext in ext_modules:
+    ext.optional = True  # cythonize() returns new Extension objects without the flag
+
 setup(
-    ext_modules=cythonize(extensions, language_level=3, compiler_directives={"embedsignature": True}),
+    ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExt},
 )

@@ -51,8 +51,9 @@ __all__ = [
 
 if _CYTHON_IMPORT_ERROR is not None:
     warnings.warn(
-        f"pooling_lib: the compiled Cython tier is not available ({_CYTHON_IMPORT_ERROR}); "
-        "running on the NumPy tier. Reinstall with a C compiler present to build it.",
+        "pooling_lib: the compiled Cython tier (pooling_lib._kernels) is not available, so backend='auto' uses "
+        "the NumPy tier. The extension is built when pooling_lib is installed and a C compiler is present: "
+        f"reinstall with one to get it. (Import error: {_CYTHON_IMPORT_ERROR})",
         RuntimeWarning,
         stacklevel=2,
     )
