@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from .params import avg_divisors
+from .params import avg_divisors, first_real_tap
 
 __all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"]
 
@@ -41,12 +41,6 @@ def _tap_views(xp, g, dilation=True):
     for a in range(g.kernel_h):
         for b in range(g.kernel_w):
             yield a, b, xp[:, :, a * dh : a * dh + h_stop : g.stride_h, b * dw : b * dw + w_stop : g.stride_w]
-
-
-def _first_real_tap(start, dilation):
-    """First tap coordinate at or after ``start`` that is not in the top/left padding (PyTorch's initial index)."""
-    behind = np.maximum(-start, 0)
-    return start + -(-behind // dilation) * dilation
 
 
 def max_pool_forward(x, g, minimum=False, return_indices=True):
@@ -113,7 +107,7 @@ def _max_pool_rule(x, g, minimum=False, return_indices=True):
     if return_indices:
         rows0 = np.arange(g.out_h) * g.stride_h - g.pad_h
         cols0 = np.arange(g.out_w) * g.stride_w - g.pad_w
-        index = (_first_real_tap(rows0, g.dilation_h)[:, None] * g.W + _first_real_tap(cols0, g.dilation_w)[None, :])
+        index = (first_real_tap(rows0, g.dilation_h)[:, None] * g.W + first_real_tap(cols0, g.dilation_w)[None, :])
         index = np.broadcast_to(index, g.out_shape).astype(np.int64)
         tap_index = rows0[:, None] * g.W + cols0[None, :]
     for a, b, view in _tap_views(xp, g):

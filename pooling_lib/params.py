@@ -26,6 +26,7 @@ __all__ = [
     "from_nchw",
     "pool_geometry",
     "avg_divisors",
+    "first_real_tap",
 ]
 
 LAYOUTS = ("NCHW", "NHWC")
@@ -270,12 +271,19 @@ def _first_empty_window(length, k, s, p, d, out):
     """
     if d <= length:
         return None
-    for t in range(out):
-        start = t * s - p
-        first_real = start + -(-max(-start, 0) // d) * d
-        if first_real >= length or first_real > start + d * (k - 1):
-            return t
-    return None
+    start = np.arange(out) * s - p
+    first_real = first_real_tap(start, d)
+    empty = np.flatnonzero((first_real >= length) | (first_real > start + d * (k - 1)))
+    return int(empty[0]) if empty.size else None
+
+
+def first_real_tap(start, dilation):
+    """Coordinate of a window's first tap that is not in the top/left padding (PyTorch's initial winner).
+
+    ``start`` is the window's first tap, ``i * stride - padding``; an int or an array of them.
+    """
+    behind = np.maximum(-start, 0)
+    return start + -(-behind // dilation) * dilation
 
 
 def check_grad_out(grad_out, expected_nchw_shape, dtype, layout):
