@@ -4,13 +4,15 @@ OpenMP is used when the compiler accepts ``-fopenmp``; otherwise the kernels are
 If no compiler is present at all, the extension is skipped (``optional=True``) and ``pooling_lib`` runs on
 its NumPy tier, saying so once when it is imported.
 
-The build targets the compiler's default instruction set (SSE2 on x86-64), so the module runs on any machine of
-the architecture, as it must where a package is built on one machine and run on another (Binder, clusters).
-For a build tuned to this machine only, add flags through the environment, e.g.
-``CFLAGS="-march=native -mprefer-vector-width=256" pip install -e .``. Results stay bit-identical because
-``-ffp-contract=off`` comes after such flags (no fused multiply-add); never add ``-ffast-math``.
+The kernels are built twice from one source: ``_kernels`` for the compiler's default instruction set (SSE2 on
+x86-64), which runs on any machine of the architecture, and, on x86, ``_kernels_avx2`` with 256-bit AVX2
+vectors. ``pooling_lib.cython_tier`` picks the AVX2 build when the CPU running it has AVX2, so a package built on
+one machine still runs on another (Binder, clusters). Both builds give the same bits: ``-ffp-contract=off``
+(no fused multiply-add) comes after any flags from the environment, and there is never ``-ffast-math``. If the
+AVX2 build fails, the baseline one is still used (both are optional).
 """
 import os
+import platform
 import sys
 import tempfile
 
@@ -36,9 +38,18 @@ def compiler_has_openmp(compiler):
     return True
 
 
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
 class BuildExt(build_ext):
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = True  # the two builds compile side by side, one per core
+
     def build_extensions(self):
-        if self.compiler.compiler_type == "msvc":
+        msvc = self.compiler.compiler_type == "msvc"
+        if msvc:
             flags, link_flags = ["/O2", "/openmp", "/fp:precise"], []  # /fp:precise: no contraction to FMA
         else:
             # -ffp-contract=off: no fused multiply-add, so every float operation rounds as in NumPy (the kernels
@@ -51,20 +62,28 @@ class BuildExt(build_ext):
             else:
                 print("pooling_lib: the compiler has no OpenMP; building the kernels single-threaded", file=sys.stderr)
         for ext in self.extensions:
-            ext.extra_compile_args = flags + ext.extra_compile_args
+            extra = []
+            if ext.name.endswith("_avx2"):
+                extra = ["/arch:AVX2"] if msvc else ["-mavx2"]
+            # the flags we rely on come last, after any the extension or the environment brings
+            ext.extra_compile_args = ext.extra_compile_args + extra + flags
             ext.extra_link_args = link_flags + ext.extra_link_args
         super().build_extensions()
 
 
-extensions = [
-    Extension(
-        "pooling_lib._kernels",
-        ["pooling_lib/_kernels.pyx"],
+def kernel_extension(name):
+    return Extension(
+        f"pooling_lib.{name}",
+        [f"pooling_lib/{name}.pyx"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         optional=True,
     )
-]
+
+
+extensions = [kernel_extension("_kernels")]
+if X86:
+    extensions.append(kernel_extension("_kernels_avx2"))
 
 ext_modules = cythonize(extensions, language_level=3, compiler_directives={"embedsignature": True})
 for ext in ext_modules:

@@ -109,6 +109,20 @@ cdef extern from *:
     int pl_default_threads() noexcept nogil
 
 
+cdef extern from *:
+    """
+    static int pl_cpu_has_avx2(void) {
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") != 0;   /* also checks that the OS saves the AVX registers */
+    #else
+        return 0;
+    #endif
+    }
+    """
+    int pl_cpu_has_avx2() noexcept nogil
+
+
 def openmp_enabled():
     """True when the extension was compiled with OpenMP (``prange`` then really runs in parallel)."""
     return bool(pl_openmp_enabled())
@@ -117,6 +131,11 @@ def openmp_enabled():
 def default_num_threads():
     """OpenMP's default team size (``omp_get_max_threads()``), or 1 without OpenMP."""
     return pl_default_threads()
+
+
+def cpu_has_avx2():
+    """True when this CPU (and its operating system) can run the AVX2 build ``_kernels_avx2``."""
+    return bool(pl_cpu_has_avx2())
 
 
 # ----------------------------------------------------------------------------------------------------------------

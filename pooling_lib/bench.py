@@ -14,7 +14,9 @@ It times max and average pooling, forward and forward+backward, float32 and floa
 ``torch``, ``torch-channels_last``
     ``torch.nn.functional`` on the CPU, NCHW and ``channels_last`` (only when PyTorch is installed);
 ``copy``
-    ``x.copy()``: the memory-bandwidth reference.
+    ``x.copy()``: the memory-bandwidth reference; with more than one thread, the same copy split into slabs
+    copied by that many threads at once (NumPy releases the GIL), which shows how far memory bandwidth itself
+    grows with threads: a memory-bound kernel cannot gain more from threads than this copy does.
 
 "forward+backward" is what a user calls: ``max_pool2d(x, ...)`` then ``max_pool2d_backward(grad_out, x, ...)``
 (``avg_pool2d`` and ``avg_pool2d_backward`` likewise), against PyTorch's forward on a tensor that requires a
@@ -38,7 +40,8 @@ dtypes=("float32", "float64"), configs=("k2 s2", "k3 s2 p1"), impls=IMPLS, progr
     The project's speed goals as named ratios, for every dtype and configuration timed: a list of dicts
     ``name, dtype, config, value, goal, passed`` (``passed`` is None when an operand was not timed).
 ``format_table(rows)``, ``format_ratios(ratio_rows)``
-    Plain-text tables.
+    Plain-text tables (a ratio whose goal is ``info`` is a reference, not a goal). ``describe()``: one line on
+    the build of the kernels (``avx2`` or ``baseline``) and the NumPy and PyTorch versions.
 ``write_csv(rows, path)``
     Write any list of dict rows (times or ratios) as CSV.
 ``plot(rows, path=None)``
@@ -61,6 +64,7 @@ PyTorch and matplotlib are imported inside these functions only, never when ``po
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import math
 import os
@@ -114,6 +118,9 @@ GOALS = [
     ("cython/torch, avg NCHW forward", "cython", "torch", "avg", "forward", (1, 1), "<= 0.5", lambda v: v <= 0.5),
     ("cython/torch, avg NCHW forward+backward", "cython", "torch", "avg", "forward+backward", (1, 1), "<= 0.5",
      lambda v: v <= 0.5),
+    # not a goal: the ceiling that memory bandwidth sets on the thread speed-ups above
+    ("copy 1 thread/2 threads (speed-up; the memory ceiling)", "copy", "copy", "copy", "copy", (1, 2), "info",
+     None),
 ]
 
 
@@ -192,6 +199,21 @@ def _theirs(torch, x, op, pass_, kwargs, channels_last):
     return both
 
 
+def _threaded_copy(x, n_threads, pool):
+    """A no-argument callable that copies x into a new array, ``n_threads`` slabs at once (``x.copy`` for 1)."""
+    if n_threads == 1:
+        return x.copy
+    edges = np.linspace(0, x.shape[0], n_threads + 1).astype(int)
+
+    def call():
+        out = np.empty_like(x)
+        jobs = [pool.submit(np.copyto, out[a:b], x[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+        for job in jobs:
+            job.result()
+        return out
+    return call
+
+
 def _bytes_moved(op, pass_, x_bytes, out_bytes):
     """Bytes a pooling pass must read and write, at the least."""
     forward = x_bytes + out_bytes  # read x, write out
@@ -233,6 +255,7 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
     rows = []
     groups = [(dt, cfg, op, ps) for dt in dtypes for cfg in configs for op in ops for ps in passes]
     started = time.perf_counter()
+    pool = concurrent.futures.ThreadPoolExecutor(max(threads)) if max(threads) > 1 else None
     try:
         for g_index, (dtype, cfg, op, pass_) in enumerate(groups, 1):
             kwargs = configs[cfg]
@@ -247,7 +270,7 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
             for t_index, n_threads in enumerate(threads):
                 calls = {}
                 for impl in impls:
-                    single = impl in ("naive", "numpy", "copy")
+                    single = impl in ("naive", "numpy")
                     if single and t_index > 0:
                         continue  # single-threaded: timed once
                     if impl == "naive":
@@ -263,7 +286,7 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
                     elif impl == "torch-channels_last":
                         calls[impl] = _theirs(torch, x, op, pass_, kwargs, channels_last=True)
                     elif impl == "copy":
-                        calls[impl] = x.copy
+                        calls[impl] = _threaded_copy(x, n_threads, pool)
                 if cython_tier is not None:
                     cython_tier.set_num_threads(n_threads)
                 if torch is not None:
@@ -284,12 +307,12 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
                     rows.append({
                         "impl": impl, "layout": _LAYOUT.get(impl, "NCHW"), "op": op if impl != "copy" else "copy",
                         "pass": pass_ if impl != "copy" else "copy", "dtype": dtype, "config": cfg,
-                        "threads": 1 if impl in ("naive", "numpy", "copy") else n_threads,
+                        "threads": 1 if impl in ("naive", "numpy") else n_threads,
                         "shape": "x".join(map(str, shape)), "time_ms": median_ms, "min_ms": min(ts) * 1e3 * scale,
                         "repeats": len(ts), "measured_shape": "x".join(map(str, measured)), "scale": scale,
                         "_group": (op, pass_),
                     })
-                    if impl == "copy":
+                    if impl == "copy" and n_threads == 1:
                         out_bytes = int(np.prod((N, C) + out_shape)) * x.itemsize
                         moved = _bytes_moved(op, pass_, x.nbytes, out_bytes)
                         factor = moved / (2 * x.nbytes)  # the copy reads and writes x once each
@@ -305,15 +328,17 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
                                            for i, t in times.items())
                                + f"  ({time.perf_counter() - started:.0f} s)")
     finally:
+        if pool is not None:
+            pool.shutdown()
         if cython_tier is not None:
             cython_tier.set_num_threads(saved_cython_threads)
         if torch is not None:
             torch.set_num_threads(saved_torch_threads)
-    # the copy is measured once per group; keep one copy row per (dtype, config)
+    # the copy is measured once per group; keep one copy row per (dtype, config, threads)
     kept, seen = [], set()
     for row in rows:
         if row["impl"] == "copy":
-            key = (row["dtype"], row["config"])
+            key = (row["dtype"], row["config"], row["threads"])
             if key in seen:
                 continue
             seen.add(key)
@@ -346,7 +371,7 @@ def ratios(rows):
                 value, passed = None, None
             else:  # time / time: a fraction for "<=" goals, a speed-up (slow / fast) for ">=" goals
                 value = a / b
-                passed = bool(test(value))
+                passed = bool(test(value)) if test is not None else None
             out.append({"name": name, "dtype": dtype, "config": config, "value": value, "goal": goal,
                         "passed": passed})
     return out
@@ -376,7 +401,7 @@ def format_table(rows):
         lines.append(f"{dtype:8} {config:9} {op:3} {pass_:16} {thr:>3} " + " ".join(cells))
     copies = [r for r in rows if r["impl"] == "copy"]
     for r in copies:
-        lines.append(f"copy of x ({r['dtype']}, {r['shape']}): {r['time_ms']:.3f} ms")
+        lines.append(f"copy of x ({r['dtype']}, {r['shape']}, {r['threads']} thread(s)): {r['time_ms']:.3f} ms")
     return "\n".join(lines)
 
 
@@ -385,7 +410,7 @@ def format_ratios(ratio_rows):
     lines = [f"{'ratio':60} {'dtype':8} {'config':9} {'value':>10} {'goal':>8}  result", "-" * 108]
     for r in ratio_rows:
         value = f"{r['value']:10.3f}" if r["value"] is not None else f"{'-':>10}"
-        result = {True: "PASS", False: "MISS", None: "n/a"}[r["passed"]]
+        result = "info" if r["goal"] == "info" else {True: "PASS", False: "MISS", None: "n/a"}[r["passed"]]
         lines.append(f"{r['name']:60} {r['dtype']:8} {r['config']:9} {value} {r['goal']:>8}  {result}")
     return "\n".join(lines)
 
@@ -445,6 +470,21 @@ def plot(rows, path=None):
     return fig
 
 
+def describe():
+    """One line on what was measured with: the kernels' build, thread support, NumPy and PyTorch versions."""
+    parts = [f"numpy {np.__version__}"]
+    if "cython" in F.available_backends():
+        tier = F.cython_tier
+        parts.append(f"pooling_lib kernels: {tier.simd()} build, "
+                     + ("OpenMP" if tier.openmp_enabled() else "no OpenMP"))
+    else:
+        parts.append("pooling_lib kernels: not built")
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        parts.append(f"torch {torch.__version__}")
+    return "; ".join(parts)
+
+
 def main(argv=None):
     """The ``python -m pooling_lib.bench`` command; returns 0."""
     parser = argparse.ArgumentParser(prog="python -m pooling_lib.bench", description=__doc__.split("\n\n")[0])
@@ -479,6 +519,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     write_csv(rows, os.path.join(args.out, "times.csv"))
     write_csv(ratio_rows, os.path.join(args.out, "ratios.csv"))
+    print(describe())
     print(format_table(rows))
     print()
     print(format_ratios(ratio_rows))

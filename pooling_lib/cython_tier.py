@@ -16,8 +16,15 @@ windows overlap). Like the other tiers, this one does no argument validation of 
 ``set_num_threads(n)`` sets how many OpenMP threads the kernels use (``get_num_threads()`` reads it; the
 default is OpenMP's, usually the number of cores); ``openmp_enabled()`` tells whether the extension was
 built with OpenMP at all (if not, every kernel runs on one thread).
+
+The kernels come in two builds of one source: ``_kernels`` (the architecture's baseline instruction set) and,
+on x86, ``_kernels_avx2`` (256-bit AVX2 vectors). The AVX2 build is used when the CPU has AVX2; the
+environment variable ``POOLING_LIB_SIMD=baseline`` (or ``avx2``) chooses at import. ``simd()`` says which
+build runs. Both give the same bits.
 """
 import numbers
+import os
+import warnings
 
 import numpy as np
 
@@ -33,7 +40,44 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "openmp_enabled",
+    "simd",
 ]
+
+
+def _load_avx2():
+    """The AVX2 build, or None when it was not built (not x86, or its compile failed)."""
+    try:
+        from . import _kernels_avx2
+    except ImportError:
+        return None
+    return _kernels_avx2
+
+
+def _choose_build():
+    """``(module, name)``: the AVX2 build when the CPU has AVX2, unless ``POOLING_LIB_SIMD`` says otherwise."""
+    wanted = os.environ.get("POOLING_LIB_SIMD", "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "avx2", "baseline"):
+        warnings.warn(f"pooling_lib: POOLING_LIB_SIMD must be 'auto', 'avx2' or 'baseline', got {wanted!r}; "
+                      "using 'auto'", RuntimeWarning, stacklevel=3)
+        wanted = "auto"
+    if wanted == "baseline":
+        return _kernels, "baseline"
+    avx2 = _load_avx2() if _kernels.cpu_has_avx2() else None
+    if avx2 is not None:
+        return avx2, "avx2"
+    if wanted == "avx2":
+        warnings.warn("pooling_lib: POOLING_LIB_SIMD=avx2, but this CPU has no AVX2 or the AVX2 build is missing; "
+                      "using the baseline build", RuntimeWarning, stacklevel=3)
+    return _kernels, "baseline"
+
+
+BASELINE = _kernels
+_kernels, _simd = _choose_build()
+
+
+def simd():
+    """Which build of the kernels runs: ``'avx2'`` or ``'baseline'``."""
+    return _simd
 
 _num_threads = max(1, int(_kernels.default_num_threads()))
 

@@ -1,0 +1,132 @@
+"""The two builds of the compiled kernels, baseline and AVX2, give the same bits.
+
+``setup.py`` compiles ``_kernels.pyx`` twice on x86: ``_kernels`` (SSE2) and ``_kernels_avx2``, and
+:mod:`pooling_lib.cython_tier` runs the AVX2 one when the CPU has AVX2. The rest of the suite tests whichever
+build this machine picked; here every build that can run is swapped in and compared with the NumPy tier (bit for
+bit for max and min pooling, values and indices and gradients, and the average forward) and with the other
+build (bit for bit for everything, the average backward included). The inputs are large enough for the vector
+loops and the multi-threaded path, and hold ties, NaN, infinities and signed zeros.
+"""
+import os
+import platform
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+import pooling_lib.functional as F
+
+cython_tier = pytest.importorskip("pooling_lib.cython_tier", reason="the compiled tier is not built")
+
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf in sums
+
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+BUILDS = {"baseline": cython_tier.BASELINE}
+if cython_tier.BASELINE.cpu_has_avx2() and cython_tier._load_avx2() is not None:
+    BUILDS["avx2"] = cython_tier._load_avx2()
+
+CONFIGS = [  # kernel_size, stride, padding, dilation, ceil_mode
+    (2, 2, 0, 1, False),
+    (3, 2, 1, 1, False),
+    (3, 1, 1, 1, False),
+    (3, 2, 0, 1, True),
+    (2, 1, 0, 2, False),
+    ((3, 2), (2, 1), (1, 0), 1, False),
+]
+
+
+def _input(kind, dtype, layout, shape):
+    rng = np.random.default_rng(zlib.crc32(repr((kind, np.dtype(dtype).name, layout, shape)).encode()))
+    x = rng.integers(-3, 4, size=shape).astype(dtype)          # small integers: many ties
+    if kind == "nan":
+        x[rng.random(shape) < 0.05] = np.nan
+    elif kind == "special":
+        pick = rng.random(shape)
+        x[pick < 0.1] = np.inf
+        x[(pick >= 0.1) & (pick < 0.2)] = -np.inf
+        x[(pick >= 0.2) & (pick < 0.5)] = -0.0
+        x[(pick >= 0.5) & (pick < 0.7)] = 0.0
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    return x
+
+
+def _run_all(x, layout, config):
+    """Every pooling function of the compiled tier on x; returns the list of results."""
+    k, s, p, d, ceil = config
+    kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil, layout=layout, backend="cython")
+    results = []
+    for fwd, bwd in ((F.max_pool2d, F.max_pool2d_backward), (F.min_pool2d, F.min_pool2d_backward)):
+        out, idx = fwd(x, dilation=d, return_indices=True, **kw)
+        grad_out = np.linspace(-1.5, 2.5, out.size).reshape(out.shape).astype(x.dtype)
+        results += [out, idx, fwd(x, dilation=d, **kw), bwd(grad_out, x, dilation=d, **kw)]
+    out = F.avg_pool2d(x, **kw)
+    grad_out = np.linspace(-1.5, 2.5, out.size).reshape(out.shape).astype(x.dtype)
+    results += [out, F.avg_pool2d_backward(grad_out, x, **kw)]
+    return results
+
+
+def _same_bits(a, b):
+    """Same shape, dtype and bytes: -0.0 differs from 0.0, and NaN payloads count."""
+    return a.shape == b.shape and a.dtype == b.dtype and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+@pytest.fixture(params=sorted(BUILDS))
+def build(request, monkeypatch):
+    monkeypatch.setattr(cython_tier, "_kernels", BUILDS[request.param])
+    return request.param
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 23, 29), (2, 16, 48, 40)], ids=["small", "threaded"])
+@pytest.mark.parametrize("kind", ["ties", "nan", "special"])
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_each_build_matches_numpy_tier(build, config, kind, shape, dtype, layout):
+    x = _input(kind, dtype, layout, shape)
+    ours = _run_all(x, layout, config)
+    k, s, p, d, ceil = config
+    kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil, layout=layout, backend="numpy")
+    ref = []
+    for fwd, bwd in ((F.max_pool2d, F.max_pool2d_backward), (F.min_pool2d, F.min_pool2d_backward)):
+        out, idx = fwd(x, dilation=d, return_indices=True, **kw)
+        grad_out = np.linspace(-1.5, 2.5, out.size).reshape(out.shape).astype(x.dtype)
+        ref += [out, idx, out, bwd(grad_out, x, dilation=d, **kw)]
+    ref.append(F.avg_pool2d(x, **kw))
+    for i, (a, b) in enumerate(zip(ours[:9], ref)):
+        assert _same_bits(a, b), f"result {i} of the {build} build differs from the NumPy tier"
+    np.testing.assert_allclose(ours[9], F.avg_pool2d_backward(
+        np.linspace(-1.5, 2.5, ours[8].size).reshape(ours[8].shape).astype(x.dtype), x, **kw), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(len(BUILDS) < 2, reason="only one build can run on this machine")
+@pytest.mark.parametrize("kind", ["ties", "nan", "special"])
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_builds_agree_bit_for_bit(monkeypatch, config, kind, dtype, layout):
+    x = _input(kind, dtype, layout, (2, 16, 48, 40))
+    results = {}
+    for name, module in BUILDS.items():
+        monkeypatch.setattr(cython_tier, "_kernels", module)
+        results[name] = _run_all(x, layout, config)
+    for i, (a, b) in enumerate(zip(results["baseline"], results["avx2"])):
+        assert _same_bits(a, b), f"result {i}: the AVX2 build differs from the baseline build"
+
+
+def test_avx2_build_present_where_it_can_run():
+    """On an x86 CPU with AVX2 the AVX2 build must exist and be the one in use (else the build silently failed)."""
+    if not (X86 and cython_tier.BASELINE.cpu_has_avx2()):
+        pytest.skip("this CPU has no AVX2: the baseline build is the right one")
+    assert cython_tier._load_avx2() is not None, "setup.py did not build pooling_lib._kernels_avx2"
+    expected = "baseline" if os.environ.get("POOLING_LIB_SIMD", "").strip().lower() == "baseline" else "avx2"
+    assert cython_tier.simd() == expected
+
+
+def test_environment_variable_chooses_the_build():
+    code = "from pooling_lib import cython_tier; print(cython_tier.simd())"
+    env = dict(os.environ, POOLING_LIB_SIMD="baseline")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "baseline"
+    env["POOLING_LIB_SIMD"] = "fastest"
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "POOLING_LIB_SIMD must be" in done.stderr
