@@ -91,7 +91,7 @@ def max_pool2d_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, 
 # --- END CHAPTER 8 KERNEL ---
 
 from cython.parallel cimport parallel, threadid
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 
 cdef extern from *:
@@ -131,6 +131,23 @@ def openmp_enabled():
 def default_num_threads():
     """OpenMP's default team size (``omp_get_max_threads()``), or 1 without OpenMP."""
     return pl_default_threads()
+
+
+def parallel_copy(const floating[::1] src, floating[::1] dst, int num_threads):
+    """Copy ``src`` into ``dst`` (same length) in ``num_threads`` contiguous slabs at once: the benchmark's
+    memory-bandwidth reference, run by the same OpenMP threads as the kernels."""
+    cdef Py_ssize_t n = src.shape[0], slab, t, lo, hi, parts = max(1, num_threads)
+    if dst.shape[0] != n:
+        raise ValueError(f"dst must have the length of src ({n}), got {dst.shape[0]}")
+    if n == 0:
+        return
+    slab = (n + parts - 1) // parts
+    with nogil:
+        for t in prange(parts, num_threads=parts, schedule="static"):
+            lo = t * slab
+            hi = min(n, lo + slab)
+            if lo < hi:
+                memcpy(&dst[lo], &src[lo], (hi - lo) * sizeof(floating))
 
 
 def cpu_has_avx2():

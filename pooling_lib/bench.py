@@ -14,9 +14,10 @@ It times max and average pooling, forward and forward+backward, float32 and floa
 ``torch``, ``torch-channels_last``
     ``torch.nn.functional`` on the CPU, NCHW and ``channels_last`` (only when PyTorch is installed);
 ``copy``
-    ``x.copy()``: the memory-bandwidth reference; with more than one thread, the same copy split into slabs
-    copied by that many threads at once (NumPy releases the GIL), which shows how far memory bandwidth itself
-    grows with threads: a memory-bound kernel cannot gain more from threads than this copy does.
+    a copy of ``x`` into a new array: the memory-bandwidth reference. With the compiled tier it is a ``memcpy``
+    in slabs on the kernels' own OpenMP threads, timed on every thread count, which shows how far memory
+    bandwidth itself grows with threads: a memory-bound kernel cannot gain more from threads than this copy
+    does. (Without the compiled tier: ``x.copy()``, one thread.)
 
 "forward+backward" is what a user calls: ``max_pool2d(x, ...)`` then ``max_pool2d_backward(grad_out, x, ...)``
 (``avg_pool2d`` and ``avg_pool2d_backward`` likewise), against PyTorch's forward on a tensor that requires a
@@ -64,7 +65,6 @@ PyTorch and matplotlib are imported inside these functions only, never when ``po
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import csv
 import math
 import os
@@ -199,17 +199,16 @@ def _theirs(torch, x, op, pass_, kwargs, channels_last):
     return both
 
 
-def _threaded_copy(x, n_threads, pool):
-    """A no-argument callable that copies x into a new array, ``n_threads`` slabs at once (``x.copy`` for 1)."""
-    if n_threads == 1:
-        return x.copy
-    edges = np.linspace(0, x.shape[0], n_threads + 1).astype(int)
+def _threaded_copy(x, n_threads, cython_tier):
+    """A no-argument callable that copies x into a new array: with the compiled tier, in ``n_threads`` slabs at
+    once on the kernels' OpenMP threads; without it, ``x.copy`` (one thread only, else None)."""
+    if cython_tier is None:
+        return x.copy if n_threads == 1 else None
+    flat = x.reshape(-1)
 
     def call():
-        out = np.empty_like(x)
-        jobs = [pool.submit(np.copyto, out[a:b], x[a:b]) for a, b in zip(edges[:-1], edges[1:])]
-        for job in jobs:
-            job.result()
+        out = np.empty_like(flat)
+        cython_tier._kernels.parallel_copy(flat, out, n_threads)
         return out
     return call
 
@@ -255,7 +254,6 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
     rows = []
     groups = [(dt, cfg, op, ps) for dt in dtypes for cfg in configs for op in ops for ps in passes]
     started = time.perf_counter()
-    pool = concurrent.futures.ThreadPoolExecutor(max(threads)) if max(threads) > 1 else None
     try:
         for g_index, (dtype, cfg, op, pass_) in enumerate(groups, 1):
             kwargs = configs[cfg]
@@ -286,7 +284,9 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
                     elif impl == "torch-channels_last":
                         calls[impl] = _theirs(torch, x, op, pass_, kwargs, channels_last=True)
                     elif impl == "copy":
-                        calls[impl] = _threaded_copy(x, n_threads, pool)
+                        call = _threaded_copy(x, n_threads, cython_tier)
+                        if call is not None:
+                            calls[impl] = call
                 if cython_tier is not None:
                     cython_tier.set_num_threads(n_threads)
                 if torch is not None:
@@ -328,8 +328,6 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
                                            for i, t in times.items())
                                + f"  ({time.perf_counter() - started:.0f} s)")
     finally:
-        if pool is not None:
-            pool.shutdown()
         if cython_tier is not None:
             cython_tier.set_num_threads(saved_cython_threads)
         if torch is not None:

@@ -130,3 +130,17 @@ def test_environment_variable_chooses_the_build():
     done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], env=env,
                           capture_output=True, text=True)
     assert done.returncode != 0 and "POOLING_LIB_SIMD must be" in done.stderr
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_parallel_copy_copies_every_value(name, n_threads, dtype):
+    """The benchmark's bandwidth reference: every slab lands in place, for lengths that do not divide evenly."""
+    module = BUILDS[name]
+    for n in (0, 1, 7, 1000, 4097):
+        src = np.random.default_rng(n).standard_normal(n).astype(dtype)
+        dst = np.full(n, np.nan, dtype=dtype)
+        module.parallel_copy(src, dst, n_threads)
+        assert _same_bits(dst, src)
+    with pytest.raises(ValueError, match="dst must have the length of src"):
+        module.parallel_copy(np.zeros(5, dtype), np.zeros(4, dtype), n_threads)
