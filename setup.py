@@ -6,7 +6,7 @@ its NumPy tier, saying so once when it is imported.
 
 The kernels are built twice from one source: ``_kernels`` for the compiler's default instruction set (SSE2 on
 x86-64), which runs on any machine of the architecture, and, on x86, ``_kernels_avx2`` with 256-bit AVX2
-vectors. ``pooling_lib.cython_tier`` picks the AVX2 build when the CPU running it has AVX2, so a package built on
+vectors (with GCC or Clang). ``pooling_lib.cython_tier`` picks the AVX2 build when the CPU running it has AVX2, so a package built on
 one machine still runs on another (Binder, clusters). Both builds give the same bits: ``-ffp-contract=off``
 (no fused multiply-add) comes after any flags from the environment, and there is never ``-ffast-math``. If the
 AVX2 build fails, the baseline one is still used (both are optional).
@@ -61,10 +61,11 @@ class BuildExt(build_ext):
                 link_flags.append("-fopenmp")
             else:
                 print("pooling_lib: the compiler has no OpenMP; building the kernels single-threaded", file=sys.stderr)
+        if msvc:
+            # the CPU check that selects the AVX2 build at run time needs GCC or Clang, so MSVC would build it in vain
+            self.extensions = [ext for ext in self.extensions if not ext.name.endswith("_avx2")]
         for ext in self.extensions:
-            extra = []
-            if ext.name.endswith("_avx2"):
-                extra = ["/arch:AVX2"] if msvc else ["-mavx2"]
+            extra = ["-mavx2"] if ext.name.endswith("_avx2") else []
             # the flags we rely on come last, after any the extension or the environment brings
             ext.extra_compile_args = ext.extra_compile_args + extra + flags
             ext.extra_link_args = link_flags + ext.extra_link_args
