@@ -24,7 +24,8 @@ max pooling with indices. The other paths are specialised, without changing a si
 * a block (a plane, or the rows under some output rows) is scanned for NaN first; where there is none the
   rule reduces to ``v > best``, a single max instruction, and a winner is the first tap equal to the maximum.
   The rules are "tag" types of the fused type ``rule_t``, so Cython writes one C function per rule and the C
-  compiler sees a fixed rule in every loop;
+  compiler sees a fixed rule in every loop. An NCHW plane kernel prefetches the next plane while it works, so
+  that plane's scan finds it in the cache instead of waiting for memory;
 * 2x2 stride-2 windows and 3x3 stride-2 windows get straight-line code (all taps in one pass); windows cut
   by the padding are handled apart, so the main loops never test for it;
 * winners are tracked as tap offsets held in the float type (same vector width as the values) and the
@@ -91,6 +92,7 @@ def max_pool2d_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, 
 # --- END CHAPTER 8 KERNEL ---
 
 from cython.parallel cimport parallel, threadid
+from libc.stdint cimport int32_t
 from libc.string cimport memcpy, memset
 
 
@@ -121,6 +123,17 @@ cdef extern from *:
     }
     """
     int pl_cpu_has_avx2() noexcept nogil
+
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define PL_PREFETCH(p) __builtin_prefetch((const void*) (p), 0, 3)
+    #else
+    #define PL_PREFETCH(p) ((void) (p))
+    #endif
+    """
+    void PL_PREFETCH(const void* p) noexcept nogil
 
 
 def openmp_enabled():
@@ -201,25 +214,35 @@ cdef inline bint _takes(floating v, floating best, bint minimum) noexcept nogil:
 
 
 cdef inline bint _has_nan(const floating* p, Py_ssize_t n) noexcept nogil:
-    """True when p[0 .. n-1] holds a NaN (or an infinity: v - v is NaN for both; the full rule then runs).
+    """True when p[0 .. n-1] holds a NaN. (An OR of ``v != v`` tests: integer ORs, which the compiler may
+    reorder and so turns into vector operations, in an integer as wide as the float so that no lane needs
+    repacking; a sum of ``v - v`` would be a chain of dependent adds.)"""
+    cdef Py_ssize_t k
+    cdef int32_t found32 = 0
+    cdef int64_t found64 = 0
+    if floating is float:
+        for k in range(n):
+            found32 |= p[k] != p[k]
+        return found32 != 0
+    else:
+        for k in range(n):
+            found64 |= p[k] != p[k]
+        return found64 != 0
 
-    Eight independent running sums, each staying 0 unless it meets a NaN or an infinity: the compiler turns
-    them into vector operations wherever this is inlined."""
-    cdef Py_ssize_t k, end = n - n % 8
-    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
-    for k in range(0, end, 8):
-        s0 = s0 + (p[k] - p[k])
-        s1 = s1 + (p[k + 1] - p[k + 1])
-        s2 = s2 + (p[k + 2] - p[k + 2])
-        s3 = s3 + (p[k + 3] - p[k + 3])
-        s4 = s4 + (p[k + 4] - p[k + 4])
-        s5 = s5 + (p[k + 5] - p[k + 5])
-        s6 = s6 + (p[k + 6] - p[k + 6])
-        s7 = s7 + (p[k + 7] - p[k + 7])
-    for k in range(end, n):
-        s0 = s0 + (p[k] - p[k])
-    s0 = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-    return s0 != s0
+
+cdef inline void _prefetch_part(const floating* nxt, Py_ssize_t n, Py_ssize_t part, Py_ssize_t parts) noexcept nogil:
+    """Ask the CPU to start loading part ``part`` of ``parts`` of nxt[0 .. n-1] into the cache (nothing if nxt is
+    NULL). A plane kernel calls it once per output row for the next plane, whose NaN scan then finds the plane in
+    the cache instead of waiting for memory."""
+    cdef const char* c
+    cdef Py_ssize_t k, lo, hi
+    if nxt == NULL:
+        return
+    c = <const char*> nxt
+    lo = part * n // parts * sizeof(floating)
+    hi = (part + 1) * n // parts * sizeof(floating)
+    for k in range(lo, hi, 64):
+        PL_PREFETCH(c + k)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -633,8 +656,8 @@ cdef inline void _row_vals(const floating* xp, floating* best, Py_ssize_t i, Py_
 
 cdef void _plane_vals(const floating* xp, floating* op, Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h,
                       Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
-                      Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, rule_t* rule) noexcept nogil:
-    """Max (min) pooling of one NCHW plane, values only."""
+                      Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, const floating* nxt, rule_t* rule) noexcept nogil:
+    """Max (min) pooling of one NCHW plane, values only; ``nxt``: the next plane to prefetch, or NULL."""
     cdef Py_ssize_t i, jl, jh
     if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw):
         for i in range(out_h):
@@ -642,6 +665,7 @@ cdef void _plane_vals(const floating* xp, floating* op, Py_ssize_t H, Py_ssize_t
         return
     _interior(out_w, kw, sw, pw, dw, W, &jl, &jh)
     for i in range(out_h):
+        _prefetch_part(nxt, H * W, i, out_h)
         _row_vals(xp, op + i * out_w, i, H, W, out_w, kh, kw, sh, sw, ph, pw, dh, dw, jl, jh, rule)
 
 
@@ -685,24 +709,26 @@ def extremum_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
     cdef Py_ssize_t plane
     cdef const floating* xp
+    cdef const floating* nxt
     cdef floating* op
     if N * C == 0:
         return
     for plane in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
         xp = &x[0, 0, 0, 0] + plane * H * W
         op = &out[0, 0, 0, 0] + plane * out_h * out_w
+        nxt = (xp + H * W) if plane + 1 < N * C else NULL
         if track:
             _plane_index(xp, op, &indices[0, 0, 0, 0] + plane * out_h * out_w, H, W, out_h, out_w,
                          kh, kw, sh, sw, ph, pw, dh, dw, minimum)
         elif _has_nan(xp, H * W):
             if minimum:
-                _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MinRule*> NULL)
+                _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt, <MinRule*> NULL)
             else:
-                _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MaxRule*> NULL)
+                _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt, <MaxRule*> NULL)
         elif minimum:
-            _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MinRuleNoNaN*> NULL)
+            _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt, <MinRuleNoNaN*> NULL)
         else:
-            _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MaxRuleNoNaN*> NULL)
+            _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt, <MaxRuleNoNaN*> NULL)
 
 
 cdef inline void _winners_2x2(const floating* r0, const floating* r1, const floating* g, floating* g0, floating* g1,
@@ -748,12 +774,13 @@ cdef inline void _route_row(floating* gx, const floating* g, const floating* tap
 cdef void _plane_backward(const floating* xp, const floating* gp, floating* gx, floating* best, floating* tap,
                           Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t kh,
                           Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
-                          Py_ssize_t dw, bint cols_ok, rule_t* rule) noexcept nogil:
+                          Py_ssize_t dw, bint cols_ok, const floating* nxt, rule_t* rule) noexcept nogil:
     """Gradient of max (min) pooling for one NCHW plane; ``gx`` (the plane's gradient) is zeroed here.
 
     Per output row: find every window's winner as its offset ``a * dh * W + b * dw`` from the window's first
     tap (held in a float: exact below 2**24, which the caller ensures), then add the windows' gradients to
-    their winners in window order. ``cols_ok``: every window column holds a real cell.
+    their winners in window order. ``cols_ok``: every window column holds a real cell. ``nxt``: the next plane
+    to prefetch, or NULL.
     """
     cdef Py_ssize_t i, j, a, h, h0, a_lo, a_hi, jl, jh, w0, b_lo, b_hi
     cdef const floating* row
@@ -768,6 +795,7 @@ cdef void _plane_backward(const floating* xp, const floating* gp, floating* gx, 
     memset(gx, 0, H * W * sizeof(floating))
     _interior(out_w, kw, sw, pw, dw, W, &jl, &jh)
     for i in range(out_h):
+        _prefetch_part(nxt, H * W, i, out_h)
         h0 = i * sh - ph
         a_lo = _tap_lo(h0, dh)
         a_hi = _tap_hi(h0, kh, dh, H)
@@ -854,6 +882,7 @@ def extremum_backward_nchw(const floating[:, :, :, ::1] x, const floating[:, :, 
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
     cdef Py_ssize_t plane, tid
     cdef const floating* xp
+    cdef const floating* nxt
     cdef const floating* gp
     cdef floating* gx
     cdef floating* best
@@ -879,22 +908,23 @@ def extremum_backward_nchw(const floating[:, :, :, ::1] x, const floating[:, :, 
             xp = &x[0, 0, 0, 0] + plane * H * W
             gp = &grad_out[0, 0, 0, 0] + plane * out_h * out_w
             gx = &grad_x[0, 0, 0, 0] + plane * H * W
+            nxt = (xp + H * W) if plane + 1 < N * C else NULL
             if not float_taps:
                 _plane_backward_index(xp, gp, gx, best, win, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
                                       minimum)
             elif k2s2 or _has_nan(xp, H * W):   # (2x2 windows always run the full rule: it vectorises better)
                 if minimum:
                     _plane_backward(xp, gp, gx, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
-                                    cols_ok, <MinRule*> NULL)
+                                    cols_ok, nxt, <MinRule*> NULL)
                 else:
                     _plane_backward(xp, gp, gx, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
-                                    cols_ok, <MaxRule*> NULL)
+                                    cols_ok, nxt, <MaxRule*> NULL)
             elif minimum:
                 _plane_backward(xp, gp, gx, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
-                                cols_ok, <MinRuleNoNaN*> NULL)
+                                cols_ok, nxt, <MinRuleNoNaN*> NULL)
             else:
                 _plane_backward(xp, gp, gx, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
-                                cols_ok, <MaxRuleNoNaN*> NULL)
+                                cols_ok, nxt, <MaxRuleNoNaN*> NULL)
 
 
 # ----------------------------------------------------------------------------------------------------------------
