@@ -657,7 +657,8 @@ cdef inline void _row_vals(const floating* xp, floating* best, Py_ssize_t i, Py_
 cdef void _plane_vals(const floating* xp, floating* op, Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h,
                       Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
                       Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, const floating* nxt, rule_t* rule) noexcept nogil:
-    """Max (min) pooling of one NCHW plane, values only; ``nxt``: the next plane to prefetch, or NULL."""
+    """Max (min) pooling of one NCHW plane, values only; ``nxt``: the next plane to prefetch, or NULL (the 2x2
+    stride-2 loop, light enough to keep up with memory, ran slower with the prefetch and does without)."""
     cdef Py_ssize_t i, jl, jh
     if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw):
         for i in range(out_h):
