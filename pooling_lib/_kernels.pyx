@@ -1249,6 +1249,32 @@ def extremum_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
                 _nhwc_row_vals(xn, op, i, H, W, C, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MaxRuleNoNaN*> NULL)
 
 
+ctypedef struct UnitRows:
+    Py_ssize_t n, i_lo, i_hi, h_lo, h_hi
+
+
+cdef inline UnitRows _unit_rows(Py_ssize_t unit, bint by_rows, Py_ssize_t out_h, Py_ssize_t H, Py_ssize_t sh,
+                                Py_ssize_t ph) noexcept nogil:
+    """The work of one thread unit of an NHWC backward: image ``n``, output rows [i_lo, i_hi) and the input rows
+    [h_lo, h_hi) of grad_x it owns. ``by_rows``: a unit is one output row, owning the input rows from its first
+    tap row to the next output row's; otherwise a unit is a whole image. (A struct is returned, so that the
+    caller assigns its prange variables in the loop body and Cython keeps them private to each thread.)"""
+    cdef UnitRows u
+    if by_rows:
+        u.n = unit // out_h
+        u.i_lo = unit % out_h
+        u.i_hi = u.i_lo + 1
+        u.h_lo = 0 if u.i_lo == 0 else min(max(u.i_lo * sh - ph, 0), H)
+        u.h_hi = H if u.i_lo == out_h - 1 else min(max(u.i_hi * sh - ph, 0), H)
+    else:
+        u.n = unit
+        u.i_lo = 0
+        u.i_hi = out_h
+        u.h_lo = 0
+        u.h_hi = H
+    return u
+
+
 cdef void _nhwc_row_backward(const floating* xn, const floating* grow, floating* gx, floating* best, floating* tap,
                              Py_ssize_t i, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t out_w,
                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
@@ -1317,6 +1343,7 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
     cdef floating* best
     cdef floating* tap
     cdef bint by_rows = sh > (kh - 1) * dh
+    cdef UnitRows u
     cdef bint has_nan
     if N == 0:
         return
@@ -1326,19 +1353,12 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
         best = &best_buf[tid, 0]
         tap = &tap_buf[tid, 0]
         for row in prange(units, schedule="static"):
-            if by_rows:
-                n = row // out_h
-                i_lo = row % out_h
-                i_hi = i_lo + 1
-                # the input rows this output row owns: from its first tap row to the next output row's
-                h_lo = 0 if i_lo == 0 else min(max(i_lo * sh - ph, 0), H)
-                h_hi = H if i_lo == out_h - 1 else min(max(i_hi * sh - ph, 0), H)
-            else:
-                n = row
-                i_lo = 0
-                i_hi = out_h
-                h_lo = 0
-                h_hi = H
+            u = _unit_rows(row, by_rows, out_h, H, sh, ph)
+            n = u.n
+            i_lo = u.i_lo
+            i_hi = u.i_hi
+            h_lo = u.h_lo
+            h_hi = u.h_hi
             xn = &x[n, 0, 0, 0]
             gx = &grad_x[n, 0, 0, 0]
             r0 = max(i_lo * sh - ph, 0)                          # every input row these windows touch
@@ -1561,6 +1581,7 @@ def avg_backward_nhwc(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
     cdef floating* share
     cdef floating d
     cdef bint by_rows = sh >= kh
+    cdef UnitRows u
     if N == 0:
         return
     units = N * out_h if by_rows else N
@@ -1568,18 +1589,12 @@ def avg_backward_nhwc(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
         tid = threadid()
         share = &share_buf[tid, 0]
         for row in prange(units, schedule="static"):
-            if by_rows:
-                n = row // out_h
-                i_lo = row % out_h
-                i_hi = i_lo + 1
-                h_lo = 0 if i_lo == 0 else min(max(i_lo * sh - ph, 0), H)
-                h_hi = H if i_lo == out_h - 1 else min(max(i_hi * sh - ph, 0), H)
-            else:
-                n = row
-                i_lo = 0
-                i_hi = out_h
-                h_lo = 0
-                h_hi = H
+            u = _unit_rows(row, by_rows, out_h, H, sh, ph)
+            n = u.n
+            i_lo = u.i_lo
+            i_hi = u.i_hi
+            h_lo = u.h_lo
+            h_hi = u.h_hi
             if h_hi > h_lo:
                 memset(&grad_x[n, h_lo, 0, 0], 0, (h_hi - h_lo) * W * C * sizeof(floating))
             for i in range(i_lo, i_hi):
