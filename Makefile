@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 # Sources whose change means the editable install (and its compiled kernel) must be rebuilt.
-PKG_SOURCES := pyproject.toml setup.py pooling_lib/_kernels.pyx pooling_lib/_kernels_avx2.pyx
+PKG_SOURCES := pyproject.toml setup.py pooling_lib/_kernels.pyx pooling_lib/_kernels_avx2.pyx pooling_lib/_buffers.pyx
 
 .PHONY: all book test venv bench homework clean distclean
 
@@ -42,7 +42,7 @@ homework: $(VENV)/.book-deps
 	$(PY) tools/make_homework.py
 
 clean:
-	rm -rf _build build pooling_lib/_kernels.c pooling_lib/_kernels_avx2.c pooling_lib/*.so pooling_lib/*.html
+	rm -rf _build build pooling_lib/_kernels.c pooling_lib/_kernels_avx2.c pooling_lib/_buffers.c pooling_lib/*.so pooling_lib/*.html
 
 distclean: clean
 	rm -rf $(VENV)

@@ -1,4 +1,5 @@
-"""Build the optional Cython extension ``pooling_lib._kernels``.
+"""Build the optional Cython extensions: ``pooling_lib._kernels`` and its small companion ``pooling_lib._buffers``
+(the cache of freed output buffers the compiled tier allocates from; without it the tier uses ``np.empty``).
 
 OpenMP is used when the compiler accepts ``-fopenmp``; otherwise the kernels are built single-threaded.
 If no compiler is present at all, the extension is skipped (``optional=True``) and ``pooling_lib`` runs on
@@ -82,7 +83,7 @@ def kernel_extension(name):
     )
 
 
-extensions = [kernel_extension("_kernels")]
+extensions = [kernel_extension("_kernels"), kernel_extension("_buffers")]
 if X86:
     extensions.append(kernel_extension("_kernels_avx2"))
 

@@ -15,7 +15,8 @@ It times max and average pooling, forward and forward+backward, float32 and floa
     ``torch.nn.functional`` on the CPU, NCHW and ``channels_last`` (only when PyTorch is installed);
 ``copy``
     a copy of ``x`` into a new array: the memory-bandwidth reference. With the compiled tier it is a ``memcpy``
-    in slabs on the kernels' own OpenMP threads, timed on every thread count, which shows how far memory
+    into an array allocated as the tier allocates its outputs (so from the same cache of freed buffers, see
+    :mod:`pooling_lib.cython_tier`), in slabs on the kernels' own OpenMP threads, timed on every thread count, which shows how far memory
     bandwidth itself grows with threads: a memory-bound kernel cannot gain more from threads than this copy
     does. (Without the compiled tier: ``x.copy()``, one thread.)
 
@@ -207,7 +208,7 @@ def _threaded_copy(x, n_threads, cython_tier):
     flat = x.reshape(-1)
 
     def call():
-        out = np.empty_like(flat)
+        out = cython_tier._empty(flat.shape, flat.dtype)
         cython_tier._kernels.parallel_copy(flat, out, n_threads)
         return out
     return call

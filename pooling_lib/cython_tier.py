@@ -21,6 +21,13 @@ The kernels come in two builds of one source: ``_kernels`` (the architecture's b
 on x86, ``_kernels_avx2`` (256-bit AVX2 vectors). The AVX2 build is used when the CPU has AVX2; the
 environment variable ``POOLING_LIB_SIMD=baseline`` (or ``avx2``) chooses at import. ``simd()`` says which
 build runs. Both give the same bits.
+
+Large outputs (1 MiB and up) come from a small cache of freed buffers (:mod:`pooling_lib._buffers`): a fresh
+block above glibc's 32 MiB recycling limit costs a page fault and a page of zeros for every 4 KiB (or 2 MiB)
+on its first write, which for a float64 gradient of the benchmark's size costs about as much as the kernel.
+The outputs are ordinary NumPy arrays that own their memory; a block goes back to the cache only when NumPy
+frees it. ``set_buffer_cache(max_bytes)`` sets how much freed memory the cache may hold (default 256 MiB;
+0 turns it off and frees it), and ``buffer_cache_info()`` reports it.
 """
 import numbers
 import os
@@ -32,6 +39,11 @@ from .params import avg_divisors
 
 from . import _kernels  # ImportError when the extension was not built: functional then leaves this tier out
 
+try:
+    from . import _buffers
+except ImportError:  # the cache is optional: without it the outputs come from np.empty
+    _buffers = None
+
 __all__ = [
     "max_pool_forward",
     "max_pool_backward",
@@ -41,6 +53,8 @@ __all__ = [
     "get_num_threads",
     "openmp_enabled",
     "simd",
+    "set_buffer_cache",
+    "buffer_cache_info",
 ]
 
 
@@ -134,9 +148,32 @@ def _geometry_args(g, dilation=True):
     return args
 
 
+def set_buffer_cache(max_bytes):
+    """Let the cache of freed output buffers hold up to ``max_bytes`` bytes (an int >= 0; 0 turns it off and
+    frees what it holds). Returns the previous limit (0 when the cache module was not built)."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral):
+        raise TypeError(f"max_bytes must be an int (a number of bytes), got {type(max_bytes).__name__}")
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes must be >= 0 (a number of bytes), got {max_bytes}")
+    return 0 if _buffers is None else _buffers.set_max_bytes(int(max_bytes))
+
+
+def buffer_cache_info():
+    """``{'max_bytes', 'held_bytes', 'blocks', 'hits'}``: the cache's limit, the freed memory it holds now, and how
+    many outputs it has served so far (all zero when the cache module was not built)."""
+    if _buffers is None:
+        return {"max_bytes": 0, "held_bytes": 0, "blocks": 0, "hits": 0}
+    return _buffers.info()
+
+
+def _empty(shape, dtype):
+    """An uninitialised output array; a large one may reuse a freed output's memory."""
+    return np.empty(shape, dtype=dtype) if _buffers is None else _buffers.empty(shape, dtype)
+
+
 def _nhwc_empty(g, dtype):
-    """An uninitialised (N, out_h, out_w, C) array."""
-    return np.empty((g.N, g.out_h, g.out_w, g.C), dtype=dtype)
+    """An uninitialised (N, out_h, out_w, C) output."""
+    return _empty((g.N, g.out_h, g.out_w, g.C), dtype)
 
 
 def max_pool_forward(x, g, minimum=False, return_indices=True):
@@ -153,9 +190,9 @@ def max_pool_forward(x, g, minimum=False, return_indices=True):
         out = out.transpose(0, 3, 1, 2)
         return out, (indices.transpose(0, 3, 1, 2) if return_indices else None)
     x = np.ascontiguousarray(x)
-    out = np.empty(g.out_shape, dtype=x.dtype)
+    out = _empty(g.out_shape, x.dtype)
     if return_indices:
-        indices = np.empty(g.out_shape, dtype=np.int64)
+        indices = _empty(g.out_shape, np.int64)
         if minimum:
             _kernels.extremum_nchw(x, out, indices, *_geometry_args(g), True, True, nt)
         else:  # the book's chapter 8 kernel
@@ -175,14 +212,14 @@ def max_pool_backward(grad_out, x, g, minimum=False):
     if _is_nhwc(x) and (x.dtype == np.float64 or g.kernel_h * g.kernel_w < 2**24):
         xm = x.transpose(0, 2, 3, 1)
         gm = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))
-        grad_x = np.empty((g.N, g.H, g.W, g.C), dtype=x.dtype)
+        grad_x = _empty((g.N, g.H, g.W, g.C), x.dtype)
         best = np.empty((nt, g.C), dtype=x.dtype)
         tap = np.empty((nt, g.C), dtype=x.dtype)
         _kernels.extremum_backward_nhwc(xm, gm, grad_x, best, tap, *_geometry_args(g), minimum, nt)
         return grad_x.transpose(0, 3, 1, 2)
     x = np.ascontiguousarray(x)
     grad_out = np.ascontiguousarray(grad_out)
-    grad_x = np.empty((g.N, g.C, g.H, g.W), dtype=x.dtype)
+    grad_x = _empty((g.N, g.C, g.H, g.W), x.dtype)
     best = np.empty((nt, g.out_w), dtype=x.dtype)
     tap = np.empty((nt, g.out_w), dtype=x.dtype)
     win = np.empty((nt, g.out_w), dtype=np.int64)
@@ -206,7 +243,7 @@ def avg_pool_forward(x, g, count_include_pad=True, divisor_override=None):
         _kernels.avg_nhwc(x.transpose(0, 2, 3, 1), out, divisors, *_geometry_args(g, dilation=False), nt)
         return out.transpose(0, 3, 1, 2)
     x = np.ascontiguousarray(x)
-    out = np.empty(g.out_shape, dtype=x.dtype)
+    out = _empty(g.out_shape, x.dtype)
     _kernels.avg_nchw(x, out, divisors, *_geometry_args(g, dilation=False), nt)
     return out
 
@@ -223,13 +260,13 @@ def avg_pool_backward(grad_out, g, dtype, count_include_pad=True, divisor_overri
     divisors = _avg_divisors(g, count_include_pad, divisor_override, dtype)
     nt = _threads_for(g)
     if _is_nhwc(grad_out):
-        grad_x = np.empty((g.N, g.H, g.W, g.C), dtype=dtype)
+        grad_x = _empty((g.N, g.H, g.W, g.C), dtype)
         share = np.empty((nt, g.C), dtype=dtype)
         _kernels.avg_backward_nhwc(grad_out.transpose(0, 2, 3, 1), grad_x, divisors, share,
                                    *_geometry_args(g, dilation=False), nt)
         return grad_x.transpose(0, 3, 1, 2)
     grad_out = np.ascontiguousarray(grad_out)
-    grad_x = np.empty((g.N, g.C, g.H, g.W), dtype=dtype)
+    grad_x = _empty((g.N, g.C, g.H, g.W), dtype)
     share = np.empty((nt, g.out_w), dtype=dtype)
     _kernels.avg_backward_nchw(grad_out, grad_x, divisors, share, *_geometry_args(g, dilation=False), nt)
     return grad_x
