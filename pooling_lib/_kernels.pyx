@@ -1406,6 +1406,24 @@ cdef inline void _spread_taps(floating* grow, const floating* share, Py_ssize_t 
         grow[j * step + off] = grow[j * step + off] + share[j]
 
 
+cdef inline void _spread_row(floating* grow, const floating* share, Py_ssize_t out_w, Py_ssize_t kw, Py_ssize_t sw,
+                             Py_ssize_t pw, Py_ssize_t W) noexcept nogil:
+    """Add each window's share to the real cells of its kw columns in one row, tap column by tap column."""
+    cdef Py_ssize_t b, off, j_lo, j_hi
+    for b in range(kw):
+        off = b - pw
+        j_lo = _tap_lo(off, sw)
+        j_hi = _tap_hi(off, out_w, sw, W)
+        if j_lo >= j_hi:
+            continue
+        if sw == 1:
+            _spread_taps(grow, share, j_lo, j_hi, 1, off)
+        elif sw == 2:
+            _spread_taps(grow, share, j_lo, j_hi, 2, off)
+        else:
+            _spread_taps(grow, share, j_lo, j_hi, sw, off)
+
+
 def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const floating[:, ::1] divisors,
              int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
     """Average pooling of a C-contiguous NCHW batch."""
@@ -1469,18 +1487,24 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
                       int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
     """Gradient of average pooling, NCHW: ``grad_out / divisor`` added to every real cell of each window.
 
-    ``grad_x`` may be uninitialised; ``share_buf`` is ``(num_threads, out_w)`` scratch.
+    ``grad_x`` may be uninitialised; ``share_buf`` is ``(num_threads, out_w + W)`` scratch: a row's shares,
+    then their spread over the ``W`` columns. With more than ``kh + kw + 1`` taps (3x3 windows and up) each
+    output row's spread is built once and added to each of its window rows: ``kw`` strided passes and ``kh``
+    contiguous ones instead of ``kh * kw`` strided ones. A cell's gradients then add up row by row, each row's
+    as one sum (the naive tier adds window by window, so overlapping windows may differ in the last bits).
     """
     cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1], H = grad_x.shape[2], W = grad_x.shape[3]
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
-    cdef Py_ssize_t plane, i, j, a, h, h0, b, off, a_lo, a_hi, j_lo, j_hi, tid
+    cdef Py_ssize_t plane, i, j, a, h0, b, a_lo, a_hi, tid
     cdef const floating* gp
     cdef const floating* dv
     cdef floating* gx
     cdef floating* g0
     cdef floating* g1
     cdef floating* share
+    cdef floating* spread
     cdef floating s
+    cdef bint by_rows = kh * kw > kh + kw + 1
     if N * C == 0:
         return
     if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1):
@@ -1504,31 +1528,31 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         share = &share_buf[tid, 0]
+        spread = share + out_w
         for plane in prange(N * C, schedule="static"):
             gp = &grad_out[0, 0, 0, 0] + plane * out_h * out_w
             gx = &grad_x[0, 0, 0, 0] + plane * H * W
             memset(gx, 0, H * W * sizeof(floating))
             for i in range(out_h):
-                dv = &divisors[i, 0]
-                for j in range(out_w):
-                    share[j] = gp[i * out_w + j] / dv[j]
                 h0 = i * sh - ph
                 a_lo = _tap_lo(h0, 1)
                 a_hi = _tap_hi(h0, kh, 1, H)
+                if a_lo >= a_hi:
+                    continue
+                dv = &divisors[i, 0]
+                for j in range(out_w):
+                    share[j] = gp[i * out_w + j] / dv[j]
+                if not by_rows:
+                    for a in range(a_lo, a_hi):
+                        _spread_row(gx + (h0 + a) * W, share, out_w, kw, sw, pw, W)
+                    continue
+                # the row's windows spread across the columns once, then that row is added to each of their kh rows
+                memset(spread, 0, W * sizeof(floating))
+                _spread_row(spread, share, out_w, kw, sw, pw, W)
                 for a in range(a_lo, a_hi):
-                    h = h0 + a
-                    for b in range(kw):
-                        off = b - pw
-                        j_lo = _tap_lo(off, sw)
-                        j_hi = _tap_hi(off, out_w, sw, W)
-                        if j_lo >= j_hi:
-                            continue
-                        if sw == 1:
-                            _spread_taps(gx + h * W, share, j_lo, j_hi, 1, off)
-                        elif sw == 2:
-                            _spread_taps(gx + h * W, share, j_lo, j_hi, 2, off)
-                        else:
-                            _spread_taps(gx + h * W, share, j_lo, j_hi, sw, off)
+                    g0 = gx + (h0 + a) * W
+                    for b in range(W):
+                        g0[b] = g0[b] + spread[b]
 
 
 def avg_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const floating[:, ::1] divisors,

@@ -267,6 +267,6 @@ def avg_pool_backward(grad_out, g, dtype, count_include_pad=True, divisor_overri
         return grad_x.transpose(0, 3, 1, 2)
     grad_out = np.ascontiguousarray(grad_out)
     grad_x = _empty((g.N, g.C, g.H, g.W), dtype)
-    share = np.empty((nt, g.out_w), dtype=dtype)
+    share = np.empty((nt, g.out_w + g.W), dtype=dtype)
     _kernels.avg_backward_nchw(grad_out, grad_x, divisors, share, *_geometry_args(g, dilation=False), nt)
     return grad_x
