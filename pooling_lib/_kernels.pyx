@@ -654,11 +654,32 @@ cdef inline void _row_vals(const floating* xp, floating* best, Py_ssize_t i, Py_
             _fold(best, row, j, j + 1, b_hi - b_lo, sw, dw, -pw + b_lo * dw, rule)
 
 
+cdef inline bint _k3s2p1(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                         Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """3x3 windows, stride 2, padding 1, no dilation: the most common pooling of all (ResNet's first max pool)."""
+    return kh == 3 and kw == 3 and sh == 2 and sw == 2 and ph == 1 and pw == 1 and dh == 1 and dw == 1
+
+
 cdef void _plane_vals(const floating* xp, floating* op, Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h,
                       Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
                       Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, const floating* nxt, rule_t* rule) noexcept nogil:
-    """Max (min) pooling of one NCHW plane, values only; ``nxt``: the next plane to prefetch, or NULL (the 2x2
-    stride-2 loop, light enough to keep up with memory, ran slower with the prefetch and does without)."""
+    """Max (min) pooling of one NCHW plane, values only; ``nxt``: the next plane to prefetch, or NULL.
+
+    3x3 stride-2 padding-1 windows get a copy of the loop with that geometry in constants, which the compiler folds
+    into the code: the forward took 0.77-0.85x the general loop's time on the benchmark input.
+    """
+    if _k3s2p1(kh, kw, sh, sw, ph, pw, dh, dw):
+        _plane_vals_body(xp, op, H, W, out_h, out_w, 3, 3, 2, 2, 1, 1, 1, 1, nxt, rule)
+    else:
+        _plane_vals_body(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt, rule)
+
+
+cdef inline void _plane_vals_body(const floating* xp, floating* op, Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h,
+                                  Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                  Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, const floating* nxt,
+                                  rule_t* rule) noexcept nogil:
+    """The loop of :func:`_plane_vals` (the 2x2 stride-2 loop, light enough to keep up with memory, ran slower with
+    the prefetch and does without it)."""
     cdef Py_ssize_t i, jl, jh
     if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw):
         for i in range(out_h):
@@ -776,6 +797,19 @@ cdef void _plane_backward(const floating* xp, const floating* gp, floating* gx, 
                           Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t kh,
                           Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
                           Py_ssize_t dw, bint cols_ok, const floating* nxt, rule_t* rule) noexcept nogil:
+    """:func:`_plane_backward_body`, with the 3x3 stride-2 padding-1 geometry in constants when it is that one."""
+    if _k3s2p1(kh, kw, sh, sw, ph, pw, dh, dw):
+        _plane_backward_body(xp, gp, gx, best, tap, H, W, out_h, out_w, 3, 3, 2, 2, 1, 1, 1, 1, cols_ok, nxt, rule)
+    else:
+        _plane_backward_body(xp, gp, gx, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, cols_ok, nxt,
+                             rule)
+
+
+cdef inline void _plane_backward_body(const floating* xp, const floating* gp, floating* gx, floating* best,
+                                      floating* tap, Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w,
+                                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                                      Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, bint cols_ok, const floating* nxt,
+                                      rule_t* rule) noexcept nogil:
     """Gradient of max (min) pooling for one NCHW plane; ``gx`` (the plane's gradient) is zeroed here.
 
     Per output row: find every window's winner as its offset ``a * dh * W + b * dw`` from the window's first
