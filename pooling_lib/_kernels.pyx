@@ -135,6 +135,80 @@ cdef extern from *:
     """
     void PL_PREFETCH(const void* p) noexcept nogil
 
+cdef extern from *:
+    """
+    /* Winners of 3x3 stride-2 float windows, 8 at a time with AVX2 (in the AVX2 build only; elsewhere the function
+       handles no window and the scalar loop does them all). For rows without NaN, lane by lane the same operations as
+       the scalar loop of _taps_3x3s2: the nine taps folded with max (min) in scan order, then the first tap equal to
+       the result. maxps(v, b) is exactly "v > b ? v : b", the NoNaN rule. */
+    #if defined(__AVX2__)
+    #include <immintrin.h>
+    /* one row's taps q + 2k, q + 2k + 1, q + 2k + 2 of windows k = 0..7, in the lane order 0,1,4,5,2,3,6,7 */
+    #define PL_ROW8(p, A, B, C) do { \
+        __m256 lo_ = _mm256_loadu_ps(p), hi_ = _mm256_loadu_ps((p) + 8); \
+        __m256 lo2_ = _mm256_loadu_ps((p) + 2), hi2_ = _mm256_loadu_ps((p) + 10); \
+        A = _mm256_shuffle_ps(lo_, hi_, _MM_SHUFFLE(2, 0, 2, 0)); \
+        B = _mm256_shuffle_ps(lo_, hi_, _MM_SHUFFLE(3, 1, 3, 1)); \
+        C = _mm256_shuffle_ps(lo2_, hi2_, _MM_SHUFFLE(2, 0, 2, 0)); } while (0)
+    #define PL_FOLD8(OP) do { \
+        b = OP(v1, v0); b = OP(v2, b); b = OP(v3, b); b = OP(v4, b); \
+        b = OP(v5, b); b = OP(v6, b); b = OP(v7, b); b = OP(v8, b); } while (0)
+
+    /* Windows j in [jl, jh), all nine taps real (rows r0, r0 + W, r0 + 2W; window j starts at column 2j + off).
+       A block of 8 windows reads columns up to 2j + off + 17, so it is used only where that stays in the row; the
+       last block may be moved back to overlap the one before. Returns the first window it left to the caller. */
+    static Py_ssize_t pl_taps_3x3s2_avx2(float* tap, const float* r0, Py_ssize_t W, Py_ssize_t jl, Py_ssize_t jh,
+                                         Py_ssize_t off, int minimum) {
+        const float fw = (float) W;
+        const __m256 o1 = _mm256_set1_ps(1.0f), o2 = _mm256_set1_ps(2.0f), o3 = _mm256_set1_ps(fw);
+        const __m256 o4 = _mm256_set1_ps(fw + 1.0f), o5 = _mm256_set1_ps(fw + 2.0f);
+        const __m256 o6 = _mm256_set1_ps(2.0f * fw), o7 = _mm256_set1_ps(2.0f * fw + 1.0f);
+        const __m256 o8 = _mm256_set1_ps(2.0f * fw + 2.0f), zero = _mm256_setzero_ps();
+        Py_ssize_t j = jl, jb, last;
+        if (W - 18 - off < 0)
+            return jl;
+        last = (W - 18 - off) / 2;                  /* the last block start whose reads stay in the row */
+        while (j < jh) {
+            __m256 v0, v1, v2, v3, v4, v5, v6, v7, v8, b, t;
+            const float* p;
+            if (j + 8 <= jh && j <= last) {
+                jb = j;
+            } else {
+                jb = jh - 8 < last ? jh - 8 : last;
+                if (jb < jl || jb + 8 <= j)
+                    return j;
+            }
+            p = r0 + 2 * jb + off;
+            PL_ROW8(p, v0, v1, v2);
+            PL_ROW8(p + W, v3, v4, v5);
+            PL_ROW8(p + 2 * W, v6, v7, v8);
+            if (minimum) PL_FOLD8(_mm256_min_ps); else PL_FOLD8(_mm256_max_ps);
+            t = _mm256_blendv_ps(o8, o7, _mm256_cmp_ps(v7, b, _CMP_EQ_OQ));
+            t = _mm256_blendv_ps(t, o6, _mm256_cmp_ps(v6, b, _CMP_EQ_OQ));
+            t = _mm256_blendv_ps(t, o5, _mm256_cmp_ps(v5, b, _CMP_EQ_OQ));
+            t = _mm256_blendv_ps(t, o4, _mm256_cmp_ps(v4, b, _CMP_EQ_OQ));
+            t = _mm256_blendv_ps(t, o3, _mm256_cmp_ps(v3, b, _CMP_EQ_OQ));
+            t = _mm256_blendv_ps(t, o2, _mm256_cmp_ps(v2, b, _CMP_EQ_OQ));
+            t = _mm256_blendv_ps(t, o1, _mm256_cmp_ps(v1, b, _CMP_EQ_OQ));
+            t = _mm256_blendv_ps(t, zero, _mm256_cmp_ps(v0, b, _CMP_EQ_OQ));
+            /* lanes 0,1,4,5,2,3,6,7 back into window order: swap the middle two 64-bit pairs */
+            t = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(t), _MM_SHUFFLE(3, 1, 2, 0)));
+            _mm256_storeu_ps(tap + jb, t);
+            j = jb + 8;
+        }
+        return j;
+    }
+    #else
+    static Py_ssize_t pl_taps_3x3s2_avx2(float* tap, const float* r0, Py_ssize_t W, Py_ssize_t jl, Py_ssize_t jh,
+                                         Py_ssize_t off, int minimum) {
+        (void) tap; (void) r0; (void) W; (void) jh; (void) off; (void) minimum;
+        return jl;
+    }
+    #endif
+    """
+    Py_ssize_t pl_taps_3x3s2_avx2(float* tap, const float* r0, Py_ssize_t W, Py_ssize_t jl, Py_ssize_t jh,
+                                  Py_ssize_t off, int minimum) noexcept nogil
+
 
 def openmp_enabled():
     """True when the extension was compiled with OpenMP (``prange`` then really runs in parallel)."""
@@ -424,6 +498,8 @@ cdef inline void _taps_3x3s2(floating* tap, const floating* r0, Py_ssize_t W, Py
     cdef bint take
     if rule_t is MaxRuleNoNaN or rule_t is MinRuleNoNaN:
         # no NaN: the best value is a plain max (min), and the winner is the first tap equal to it
+        if floating is float:
+            jl = pl_taps_3x3s2_avx2(tap, r0, W, jl, jh, off, rule_t is MinRuleNoNaN)   # AVX2 build: 8 at a time
         for j in range(jl, jh):
             q = 2 * j + off
             v0 = r0[q]
