@@ -7,6 +7,10 @@ bit for max and min pooling, values and indices and gradients, and the average f
 build (bit for bit for everything, the average backward included). The inputs are large enough for the vector
 loops and the multi-threaded path, and hold ties, NaN, infinities and signed zeros.
 """
+import ctypes
+import ctypes.util
+import math
+import mmap
 import os
 import subprocess
 import sys
@@ -94,6 +98,39 @@ def test_each_build_matches_numpy_tier(build, config, kind, shape, dtype, layout
         assert _same_bits(a, b), f"result {i} of the {build} build differs from the NumPy tier"
     # the average backward may differ in the last bits where windows overlap (see cython_tier)
     np.testing.assert_allclose(ours[9], ref[9], rtol=1e-6, atol=1e-6)
+
+
+def _guarded(shape, dtype):
+    """A C-contiguous array whose last byte lies just before a page that may not be read: a kernel that reads past
+    the end of its input crashes the test instead of reading garbage."""
+    itemsize = np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * itemsize
+    page = mmap.PAGESIZE
+    total = -(-nbytes // page) * page + page
+    buf = mmap.mmap(-1, total, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert libc.mprotect(ctypes.c_void_p(start + total - page), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
+    return np.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=total - page - nbytes).reshape(shape)
+
+
+@pytest.mark.skipif(not hasattr(mmap, "PROT_READ"), reason="needs POSIX mmap and mprotect for the guard page")
+@pytest.mark.parametrize("padding", [0, 1])
+def test_3x3_stride_2_at_every_width_reads_only_its_input(monkeypatch, padding, dtype):
+    """The NCHW backward for 3x3 stride-2 windows finds winners in blocks of windows (8 float32 windows at a time in
+    the AVX2 build) and moves the last block back so that it stays in the row. Every width from 5 to 64 puts the
+    blocks' ends somewhere else; the input ends at an unreadable page (its last row is the last window row), and
+    every result must equal the NumPy tier's."""
+    for W in range(5, 65):
+        x = _guarded((1, 2, 7 + padding, W), dtype)
+        x[...] = _input("ties", dtype, "NCHW", x.shape)
+        config = (3, 2, padding, 1, False)
+        ref = _run_all(x, "NCHW", config, backend="numpy")
+        for name, module in BUILDS.items():
+            monkeypatch.setattr(cython_tier, "_kernels", module)
+            ours = _run_all(x, "NCHW", config)
+            for i, (a, b) in enumerate(zip(ours[:9], ref[:9])):
+                assert _same_bits(a, b), f"W={W}: result {i} of the {name} build differs from the NumPy tier"
 
 
 @pytest.mark.skipif(len(BUILDS) < 2, reason="only one build can run on this machine")
