@@ -16,9 +16,9 @@ It times max and average pooling, forward and forward+backward, float32 and floa
 ``copy``
     a copy of ``x`` into a new array: the memory-bandwidth reference. With the compiled tier it is a ``memcpy``
     into an array allocated as the tier allocates its outputs (so from the same cache of freed buffers, see
-    :mod:`pooling_lib.cython_tier`), in slabs on the kernels' own OpenMP threads, timed on every thread count, which shows how far memory
-    bandwidth itself grows with threads: a memory-bound kernel cannot gain more from threads than this copy
-    does. (Without the compiled tier: ``x.copy()``, one thread.)
+    :mod:`pooling_lib.cython_tier`), in slabs on the kernels' own OpenMP threads, timed on every thread count,
+    which shows how far memory bandwidth itself grows with threads: a memory-bound kernel cannot gain more from
+    threads than this copy does. (Without the compiled tier: ``x.copy()``, one thread.)
 
 "forward+backward" is what a user calls: ``max_pool2d(x, ...)`` then ``max_pool2d_backward(grad_out, x, ...)``
 (``avg_pool2d`` and ``avg_pool2d_backward`` likewise), against PyTorch's forward on a tensor that requires a
