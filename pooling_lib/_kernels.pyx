@@ -986,7 +986,7 @@ def extremum_backward_nchw(const floating[:, :, :, ::1] x, const floating[:, :, 
     """Gradient of max (min) pooling, NCHW: find each window's winner and add its gradient there, in one pass.
 
     ``grad_x`` may be uninitialised: every plane is written in full. ``best_buf``, ``tap_buf`` and
-    ``win_buf`` are ``(num_threads, out_w)`` scratch rows, one per thread. A window with no real cell
+    ``win_buf`` hold a scratch row of at least ``out_w`` values per thread. A window with no real cell
     (possible only with dilation and padding) has no winner and routes nothing.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -1440,9 +1440,9 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
     When window rows cannot share an input row (``sh > (kh - 1) * dh``) the output rows are shared among the
     threads, each owning the input rows of its windows; otherwise whole images are, so that the windows
     touching one cell are always summed in row-major order by one thread. Gradient rows are zeroed just
-    before the first window reaches them, while they are still in cache. ``best_buf`` and
-    ``tap_buf`` are ``(num_threads, C)`` scratch rows. The caller keeps ``kh * kw`` below 2**24 for float32
-    (tap numbers are held in the float type).
+    before the first window reaches them, while they are still in cache. ``best_buf`` and ``tap_buf`` hold a
+    scratch row of at least ``C`` values per thread. The caller keeps ``kh * kw`` below 2**24 for float32 (tap
+    numbers are held in the float type).
     """
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
@@ -1597,10 +1597,10 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
                       int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
     """Gradient of average pooling, NCHW: ``grad_out / divisor`` added to every real cell of each window.
 
-    ``grad_x`` may be uninitialised; ``share_buf`` is ``(num_threads, out_w + W)`` scratch: a row's shares,
-    then their spread over the ``W`` columns. With more than ``kh + kw + 1`` taps (3x3 windows and up) each
-    output row's spread is built once and added to each of its window rows: ``kw`` strided passes and ``kh``
-    contiguous ones instead of ``kh * kw`` strided ones. A cell's gradients then add up row by row, each row's
+    ``grad_x`` may be uninitialised; ``share_buf`` holds a scratch row of at least ``out_w + W`` values per
+    thread: a row's shares, then their spread over the ``W`` columns. With more than ``kh + kw + 1`` taps (3x3
+    windows and up) each output row's spread is built once and added to each of its window rows: ``kw`` strided
+    passes and ``kh`` contiguous ones instead of ``kh * kw`` strided ones. A cell's gradients then add up row by row, each row's
     as one sum (the naive tier adds window by window, so overlapping windows may differ in the last bits).
     """
     cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1], H = grad_x.shape[2], W = grad_x.shape[3]
@@ -1704,8 +1704,8 @@ def avg_backward_nhwc(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
                       int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
     """Gradient of average pooling for NHWC ``grad_out``; ``grad_x`` (N, H, W, C) may be uninitialised.
 
-    ``share_buf`` is ``(num_threads, C)`` scratch. Threads share output rows when window rows cannot
-    overlap (``sh >= kh``; each zeroes the input rows it owns first), else images.
+    ``share_buf`` holds a scratch row of at least ``C`` values per thread. Threads share output rows when window
+    rows cannot overlap (``sh >= kh``; each zeroes the input rows it owns first), else images.
     """
     cdef Py_ssize_t N = grad_x.shape[0], H = grad_x.shape[1], W = grad_x.shape[2], C = grad_x.shape[3]
     cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]

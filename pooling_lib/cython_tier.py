@@ -171,6 +171,18 @@ def _empty(shape, dtype):
     return np.empty(shape, dtype=dtype) if _buffers is None else _buffers.empty(shape, dtype)
 
 
+_CACHE_LINE = 64  # bytes, on x86 and on most ARM cores
+
+
+def _scratch(nt, n, dtype):
+    """Scratch rows for the kernels, one per thread: an ``(nt, m)`` array, ``m >= n``, whose rows are padded so that
+    no two threads' first ``n`` values share a cache line. A line that two cores write at the same time bounces
+    between their caches on every write ("false sharing"), which can cost more than the second thread gains."""
+    itemsize = np.dtype(dtype).itemsize
+    m = -(-n * itemsize // _CACHE_LINE) * _CACHE_LINE // itemsize + _CACHE_LINE // itemsize
+    return np.empty((nt, m), dtype=dtype)
+
+
 def _nhwc_empty(g, dtype):
     """An uninitialised (N, out_h, out_w, C) output."""
     return _empty((g.N, g.out_h, g.out_w, g.C), dtype)
@@ -213,16 +225,16 @@ def max_pool_backward(grad_out, x, g, minimum=False):
         xm = x.transpose(0, 2, 3, 1)
         gm = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))
         grad_x = _empty((g.N, g.H, g.W, g.C), x.dtype)
-        best = np.empty((nt, g.C), dtype=x.dtype)
-        tap = np.empty((nt, g.C), dtype=x.dtype)
+        best = _scratch(nt, g.C, x.dtype)
+        tap = _scratch(nt, g.C, x.dtype)
         _kernels.extremum_backward_nhwc(xm, gm, grad_x, best, tap, *_geometry_args(g), minimum, nt)
         return grad_x.transpose(0, 3, 1, 2)
     x = np.ascontiguousarray(x)
     grad_out = np.ascontiguousarray(grad_out)
     grad_x = _empty((g.N, g.C, g.H, g.W), x.dtype)
-    best = np.empty((nt, g.out_w), dtype=x.dtype)
-    tap = np.empty((nt, g.out_w), dtype=x.dtype)
-    win = np.empty((nt, g.out_w), dtype=np.int64)
+    best = _scratch(nt, g.out_w, x.dtype)
+    tap = _scratch(nt, g.out_w, x.dtype)
+    win = _scratch(nt, g.out_w, np.int64)
     _kernels.extremum_backward_nchw(x, grad_out, grad_x, best, tap, win, *_geometry_args(g), minimum, nt)
     return grad_x
 
@@ -261,12 +273,12 @@ def avg_pool_backward(grad_out, g, dtype, count_include_pad=True, divisor_overri
     nt = _threads_for(g)
     if _is_nhwc(grad_out):
         grad_x = _empty((g.N, g.H, g.W, g.C), dtype)
-        share = np.empty((nt, g.C), dtype=dtype)
+        share = _scratch(nt, g.C, dtype)
         _kernels.avg_backward_nhwc(grad_out.transpose(0, 2, 3, 1), grad_x, divisors, share,
                                    *_geometry_args(g, dilation=False), nt)
         return grad_x.transpose(0, 3, 1, 2)
     grad_out = np.ascontiguousarray(grad_out)
     grad_x = _empty((g.N, g.C, g.H, g.W), dtype)
-    share = np.empty((nt, g.out_w + g.W), dtype=dtype)
+    share = _scratch(nt, g.out_w + g.W, dtype)
     _kernels.avg_backward_nchw(grad_out, grad_x, divisors, share, *_geometry_args(g, dilation=False), nt)
     return grad_x

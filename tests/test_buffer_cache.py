@@ -1,5 +1,6 @@
-"""The Cython tier's cache of freed output buffers (``pooling_lib._buffers``): it reuses only memory NumPy has
-freed, never memory a live array or view still uses; it keeps to its limit; and its outputs are ordinary arrays.
+"""How the Cython tier allocates memory. Its cache of freed output buffers (``pooling_lib._buffers``) reuses only
+memory NumPy has freed, never memory a live array or view still uses; it keeps to its limit; and its outputs are
+ordinary arrays. Its per-thread scratch rows never share a cache line.
 """
 import pickle
 
@@ -134,3 +135,16 @@ def test_outputs_are_ordinary_arrays():
 def test_set_buffer_cache_rejects_bad_limits(bad, error):
     with pytest.raises(error, match="max_bytes"):
         cython_tier.set_buffer_cache(bad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 28, 64, 84, 1000])
+def test_scratch_rows_of_different_threads_share_no_cache_line(n, dtype):
+    nt = 4
+    rows = cython_tier._scratch(nt, n, dtype)
+    assert rows.shape[0] == nt and rows.shape[1] >= n and rows.flags.c_contiguous
+    line = cython_tier._CACHE_LINE
+    for t in range(nt - 1):
+        last_byte = rows[t, n - 1:].ctypes.data + rows.itemsize - 1       # the last byte thread t uses
+        first_byte_next = rows[t + 1].ctypes.data                         # the first byte thread t + 1 uses
+        assert last_byte // line < first_byte_next // line, (n, t)
