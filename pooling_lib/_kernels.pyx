@@ -276,6 +276,14 @@ cdef inline bint _wins(floating v, floating best, rule_t* rule) noexcept nogil:
         return v < best
 
 
+cdef inline void _step(floating v, floating* best, floating* tap, floating t, rule_t* rule) noexcept nogil:
+    """One tap of a window, tracking its winner: when ``v`` wins over ``*best`` under the rule, ``v`` becomes
+    ``*best`` and the tap's number ``t`` becomes ``*tap`` (as selects, not a branch)."""
+    cdef bint take = _wins(v, best[0], rule)
+    best[0] = v if take else best[0]
+    tap[0] = t if take else tap[0]
+
+
 cdef inline bint _is_min(rule_t* rule) noexcept nogil:
     return rule_t is MinRule or rule_t is MinRuleNoNaN
 
@@ -384,16 +392,12 @@ cdef inline void _fold_taps(floating* best, floating* tap, const floating* row, 
     """As :func:`_fold`; ``tap[j]`` follows the winner's offset ``t0 + b * D`` from the window's first tap,
     held in a float so that every select has the width of the values."""
     cdef Py_ssize_t j, b
-    cdef floating bst, tp, v
-    cdef bint take
+    cdef floating bst, tp
     for j in range(jl, jh):
         bst = best[j]
         tp = tap[j]
         for b in range(K):
-            v = row[j * S + off + b * D]
-            take = _wins(v, bst, rule)
-            bst = v if take else bst
-            tp = (t0 + b * D) if take else tp
+            _step(row[j * S + off + b * D], &bst, &tp, (t0 + b * D), rule)
         best[j] = bst
         tap[j] = tp
 
@@ -464,23 +468,13 @@ cdef inline void _fold_2s1(floating* best, const floating* row, Py_ssize_t jl, P
 cdef inline void _fold_taps_3s2(floating* best, floating* tap, const floating* row, Py_ssize_t jl, Py_ssize_t jh,
                                 Py_ssize_t off, floating t0, rule_t* rule) noexcept nogil:
     cdef Py_ssize_t j
-    cdef floating bst, tp, v, t1 = t0 + 1, t2 = t0 + 2
-    cdef bint take
+    cdef floating bst, tp, t1 = t0 + 1, t2 = t0 + 2
     for j in range(jl, jh):
         bst = best[j]
         tp = tap[j]
-        v = row[2 * j + off]
-        take = _wins(v, bst, rule)
-        bst = v if take else bst
-        tp = t0 if take else tp
-        v = row[2 * j + off + 1]
-        take = _wins(v, bst, rule)
-        bst = v if take else bst
-        tp = t1 if take else tp
-        v = row[2 * j + off + 2]
-        take = _wins(v, bst, rule)
-        bst = v if take else bst
-        tp = t2 if take else tp
+        _step(row[2 * j + off], &bst, &tp, t0, rule)
+        _step(row[2 * j + off + 1], &bst, &tp, t1, rule)
+        _step(row[2 * j + off + 2], &bst, &tp, t2, rule)
         best[j] = bst
         tap[j] = tp
 
@@ -492,10 +486,9 @@ cdef inline void _taps_3x3s2(floating* tap, const floating* r0, Py_ssize_t W, Py
     cdef Py_ssize_t j, q
     cdef const floating* r1 = r0 + W
     cdef const floating* r2 = r1 + W
-    cdef floating bst, tp, v, fw = W
+    cdef floating bst, tp, fw = W
     cdef floating o1 = 1, o2 = 2, o3 = fw, o4 = fw + 1, o5 = fw + 2, o6 = 2 * fw, o7 = 2 * fw + 1, o8 = 2 * fw + 2
     cdef floating v0, v1, v2, v3, v4, v5, v6, v7, v8
-    cdef bint take
     if rule_t is MaxRuleNoNaN or rule_t is MinRuleNoNaN:
         # no NaN: the best value is a plain max (min), and the winner is the first tap equal to it
         if floating is float:
@@ -535,38 +528,14 @@ cdef inline void _taps_3x3s2(floating* tap, const floating* r0, Py_ssize_t W, Py
         q = 2 * j + off
         bst = r0[q]
         tp = 0
-        v = r0[q + 1]
-        take = _wins(v, bst, rule)
-        bst = v if take else bst
-        tp = o1 if take else tp
-        v = r0[q + 2]
-        take = _wins(v, bst, rule)
-        bst = v if take else bst
-        tp = o2 if take else tp
-        v = r1[q]
-        take = _wins(v, bst, rule)
-        bst = v if take else bst
-        tp = o3 if take else tp
-        v = r1[q + 1]
-        take = _wins(v, bst, rule)
-        bst = v if take else bst
-        tp = o4 if take else tp
-        v = r1[q + 2]
-        take = _wins(v, bst, rule)
-        bst = v if take else bst
-        tp = o5 if take else tp
-        v = r2[q]
-        take = _wins(v, bst, rule)
-        bst = v if take else bst
-        tp = o6 if take else tp
-        v = r2[q + 1]
-        take = _wins(v, bst, rule)
-        bst = v if take else bst
-        tp = o7 if take else tp
-        v = r2[q + 2]
-        take = _wins(v, bst, rule)
-        bst = v if take else bst
-        tp = o8 if take else tp
+        _step(r0[q + 1], &bst, &tp, o1, rule)
+        _step(r0[q + 2], &bst, &tp, o2, rule)
+        _step(r1[q], &bst, &tp, o3, rule)
+        _step(r1[q + 1], &bst, &tp, o4, rule)
+        _step(r1[q + 2], &bst, &tp, o5, rule)
+        _step(r2[q], &bst, &tp, o6, rule)
+        _step(r2[q + 1], &bst, &tp, o7, rule)
+        _step(r2[q + 2], &bst, &tp, o8, rule)
         tap[j] = tp
 
 
@@ -605,14 +574,10 @@ cdef inline floating _edge_window(const floating* r0, Py_ssize_t W, Py_ssize_t r
     window cut by the padding, c_lo < c_hi): returns its best value; ``tap[0]`` becomes the winner's offset
     ``a * W + c - origin`` (``origin``: the column of the window's first tap, maybe in the padding)."""
     cdef Py_ssize_t a, c
-    cdef floating bst = r0[c_lo], tp = c_lo - origin, v
-    cdef bint take
+    cdef floating bst = r0[c_lo], tp = c_lo - origin
     for a in range(rows):
         for c in range(c_lo, c_hi):
-            v = r0[a * W + c]
-            take = _wins(v, bst, rule)
-            bst = v if take else bst
-            tp = (a * W + c - origin) if take else tp
+            _step(r0[a * W + c], &bst, &tp, (a * W + c - origin), rule)
     tap[0] = tp
     return bst
 
@@ -624,7 +589,6 @@ cdef inline floating _edge_3x2(const floating* r0, Py_ssize_t W, Py_ssize_t c, P
     cdef floating v0 = r0[c], v1 = r0[c + 1], v2 = r0[W + c], v3 = r0[W + c + 1]
     cdef floating v4 = r0[2 * W + c], v5 = r0[2 * W + c + 1]
     cdef floating b = v0, tp, base = c - origin, fw = W
-    cdef bint take
     if rule_t is MaxRuleNoNaN or rule_t is MinRuleNoNaN:
         b = v1 if _wins(v1, b, rule) else b
         b = v2 if _wins(v2, b, rule) else b
@@ -639,21 +603,11 @@ cdef inline floating _edge_3x2(const floating* r0, Py_ssize_t W, Py_ssize_t c, P
         tp = base if v0 == b else tp
     else:
         tp = base
-        take = _wins(v1, b, rule)
-        b = v1 if take else b
-        tp = (base + 1) if take else tp
-        take = _wins(v2, b, rule)
-        b = v2 if take else b
-        tp = (base + fw) if take else tp
-        take = _wins(v3, b, rule)
-        b = v3 if take else b
-        tp = (base + fw + 1) if take else tp
-        take = _wins(v4, b, rule)
-        b = v4 if take else b
-        tp = (base + 2 * fw) if take else tp
-        take = _wins(v5, b, rule)
-        b = v5 if take else b
-        tp = (base + 2 * fw + 1) if take else tp
+        _step(v1, &b, &tp, (base + 1), rule)
+        _step(v2, &b, &tp, (base + fw), rule)
+        _step(v3, &b, &tp, (base + fw + 1), rule)
+        _step(v4, &b, &tp, (base + 2 * fw), rule)
+        _step(v5, &b, &tp, (base + 2 * fw + 1), rule)
     tap[0] = tp
     return b
 
@@ -1139,23 +1093,13 @@ cdef inline void _pixel_winners_2x2(floating* tap, const floating* p0, const flo
                                     rule_t* rule) noexcept nogil:
     """Winner tap number (0 .. 3, row-major) of a whole 2x2 window of adjacent pixels, for every channel."""
     cdef Py_ssize_t c
-    cdef floating b, v, tp, zero = 0, one = 1, two = 2, three = 3
-    cdef bint take
+    cdef floating b, tp, zero = 0, one = 1, two = 2, three = 3
     for c in range(C):
         b = p0[c]
         tp = zero
-        v = p0[C + c]
-        take = _wins(v, b, rule)
-        b = v if take else b
-        tp = one if take else tp
-        v = p1[c]
-        take = _wins(v, b, rule)
-        b = v if take else b
-        tp = two if take else tp
-        v = p1[C + c]
-        take = _wins(v, b, rule)
-        b = v if take else b
-        tp = three if take else tp
+        _step(p0[C + c], &b, &tp, one, rule)
+        _step(p1[c], &b, &tp, two, rule)
+        _step(p1[C + c], &b, &tp, three, rule)
         tap[c] = tp
 
 
@@ -1163,10 +1107,9 @@ cdef inline void _pixel_winners_3x3(floating* tap, const floating* p0, const flo
                                     Py_ssize_t C, rule_t* rule) noexcept nogil:
     """Winner tap number (0 .. 8, row-major) of a whole 3x3 window of adjacent pixels, for every channel."""
     cdef Py_ssize_t c
-    cdef floating b, v, tp
+    cdef floating b, tp
     cdef floating t0 = 0, t1 = 1, t2 = 2, t3 = 3, t4 = 4, t5 = 5, t6 = 6, t7 = 7, t8 = 8
     cdef floating v0, v1, v2, v3, v4, v5, v6, v7, v8
-    cdef bint take
     if rule_t is MaxRuleNoNaN or rule_t is MinRuleNoNaN:
         # no NaN: the best value is a plain max (min), and the winner is the first tap equal to it
         for c in range(C):
@@ -1202,38 +1145,14 @@ cdef inline void _pixel_winners_3x3(floating* tap, const floating* p0, const flo
     for c in range(C):
         b = p0[c]
         tp = t0
-        v = p0[C + c]
-        take = _wins(v, b, rule)
-        b = v if take else b
-        tp = t1 if take else tp
-        v = p0[2 * C + c]
-        take = _wins(v, b, rule)
-        b = v if take else b
-        tp = t2 if take else tp
-        v = p1[c]
-        take = _wins(v, b, rule)
-        b = v if take else b
-        tp = t3 if take else tp
-        v = p1[C + c]
-        take = _wins(v, b, rule)
-        b = v if take else b
-        tp = t4 if take else tp
-        v = p1[2 * C + c]
-        take = _wins(v, b, rule)
-        b = v if take else b
-        tp = t5 if take else tp
-        v = p2[c]
-        take = _wins(v, b, rule)
-        b = v if take else b
-        tp = t6 if take else tp
-        v = p2[C + c]
-        take = _wins(v, b, rule)
-        b = v if take else b
-        tp = t7 if take else tp
-        v = p2[2 * C + c]
-        take = _wins(v, b, rule)
-        b = v if take else b
-        tp = t8 if take else tp
+        _step(p0[C + c], &b, &tp, t1, rule)
+        _step(p0[2 * C + c], &b, &tp, t2, rule)
+        _step(p1[c], &b, &tp, t3, rule)
+        _step(p1[C + c], &b, &tp, t4, rule)
+        _step(p1[2 * C + c], &b, &tp, t5, rule)
+        _step(p2[c], &b, &tp, t6, rule)
+        _step(p2[C + c], &b, &tp, t7, rule)
+        _step(p2[2 * C + c], &b, &tp, t8, rule)
         tap[c] = tp
 
 
