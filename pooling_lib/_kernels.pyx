@@ -284,6 +284,32 @@ cdef inline void _step(floating v, floating* best, floating* tap, floating t, ru
     tap[0] = t if take else tap[0]
 
 
+cdef inline floating _winner9(floating v0, floating v1, floating v2, floating v3, floating v4, floating v5,
+                              floating v6, floating v7, floating v8, floating t1, floating t2, floating t3,
+                              floating t4, floating t5, floating t6, floating t7, floating t8,
+                              rule_t* rule) noexcept nogil:
+    """The winner of nine taps v0 .. v8 (in scan order) under a NoNaN rule, as its tap number (0 for v0, t1 for
+    v1, ...): the best value is a plain max (min), and the winner is the first tap equal to it. Straight-line
+    selects, which vectorise across windows or channels."""
+    cdef floating bst = v0, tp = t8
+    bst = v1 if _wins(v1, bst, rule) else bst
+    bst = v2 if _wins(v2, bst, rule) else bst
+    bst = v3 if _wins(v3, bst, rule) else bst
+    bst = v4 if _wins(v4, bst, rule) else bst
+    bst = v5 if _wins(v5, bst, rule) else bst
+    bst = v6 if _wins(v6, bst, rule) else bst
+    bst = v7 if _wins(v7, bst, rule) else bst
+    bst = v8 if _wins(v8, bst, rule) else bst
+    tp = t7 if v7 == bst else tp
+    tp = t6 if v6 == bst else tp
+    tp = t5 if v5 == bst else tp
+    tp = t4 if v4 == bst else tp
+    tp = t3 if v3 == bst else tp
+    tp = t2 if v2 == bst else tp
+    tp = t1 if v1 == bst else tp
+    return 0 if v0 == bst else tp
+
+
 cdef inline bint _is_min(rule_t* rule) noexcept nogil:
     return rule_t is MinRule or rule_t is MinRuleNoNaN
 
@@ -488,41 +514,14 @@ cdef inline void _taps_3x3s2(floating* tap, const floating* r0, Py_ssize_t W, Py
     cdef const floating* r2 = r1 + W
     cdef floating bst, tp, fw = W
     cdef floating o1 = 1, o2 = 2, o3 = fw, o4 = fw + 1, o5 = fw + 2, o6 = 2 * fw, o7 = 2 * fw + 1, o8 = 2 * fw + 2
-    cdef floating v0, v1, v2, v3, v4, v5, v6, v7, v8
     if rule_t is MaxRuleNoNaN or rule_t is MinRuleNoNaN:
         # no NaN: the best value is a plain max (min), and the winner is the first tap equal to it
         if floating is float:
             jl = pl_taps_3x3s2_avx2(tap, r0, W, jl, jh, off, rule_t is MinRuleNoNaN)   # AVX2 build: 8 at a time
         for j in range(jl, jh):
             q = 2 * j + off
-            v0 = r0[q]
-            v1 = r0[q + 1]
-            v2 = r0[q + 2]
-            v3 = r1[q]
-            v4 = r1[q + 1]
-            v5 = r1[q + 2]
-            v6 = r2[q]
-            v7 = r2[q + 1]
-            v8 = r2[q + 2]
-            bst = v0
-            bst = v1 if _wins(v1, bst, rule) else bst
-            bst = v2 if _wins(v2, bst, rule) else bst
-            bst = v3 if _wins(v3, bst, rule) else bst
-            bst = v4 if _wins(v4, bst, rule) else bst
-            bst = v5 if _wins(v5, bst, rule) else bst
-            bst = v6 if _wins(v6, bst, rule) else bst
-            bst = v7 if _wins(v7, bst, rule) else bst
-            bst = v8 if _wins(v8, bst, rule) else bst
-            tp = o8
-            tp = o7 if v7 == bst else tp
-            tp = o6 if v6 == bst else tp
-            tp = o5 if v5 == bst else tp
-            tp = o4 if v4 == bst else tp
-            tp = o3 if v3 == bst else tp
-            tp = o2 if v2 == bst else tp
-            tp = o1 if v1 == bst else tp
-            tp = 0 if v0 == bst else tp
-            tap[j] = tp
+            tap[j] = _winner9(r0[q], r0[q + 1], r0[q + 2], r1[q], r1[q + 1], r1[q + 2], r2[q], r2[q + 1], r2[q + 2],
+                              o1, o2, o3, o4, o5, o6, o7, o8, rule)
         return
     for j in range(jl, jh):
         q = 2 * j + off
@@ -1109,38 +1108,11 @@ cdef inline void _pixel_winners_3x3(floating* tap, const floating* p0, const flo
     cdef Py_ssize_t c
     cdef floating b, tp
     cdef floating t0 = 0, t1 = 1, t2 = 2, t3 = 3, t4 = 4, t5 = 5, t6 = 6, t7 = 7, t8 = 8
-    cdef floating v0, v1, v2, v3, v4, v5, v6, v7, v8
     if rule_t is MaxRuleNoNaN or rule_t is MinRuleNoNaN:
         # no NaN: the best value is a plain max (min), and the winner is the first tap equal to it
         for c in range(C):
-            v0 = p0[c]
-            v1 = p0[C + c]
-            v2 = p0[2 * C + c]
-            v3 = p1[c]
-            v4 = p1[C + c]
-            v5 = p1[2 * C + c]
-            v6 = p2[c]
-            v7 = p2[C + c]
-            v8 = p2[2 * C + c]
-            b = v0
-            b = v1 if _wins(v1, b, rule) else b
-            b = v2 if _wins(v2, b, rule) else b
-            b = v3 if _wins(v3, b, rule) else b
-            b = v4 if _wins(v4, b, rule) else b
-            b = v5 if _wins(v5, b, rule) else b
-            b = v6 if _wins(v6, b, rule) else b
-            b = v7 if _wins(v7, b, rule) else b
-            b = v8 if _wins(v8, b, rule) else b
-            tp = t8
-            tp = t7 if v7 == b else tp
-            tp = t6 if v6 == b else tp
-            tp = t5 if v5 == b else tp
-            tp = t4 if v4 == b else tp
-            tp = t3 if v3 == b else tp
-            tp = t2 if v2 == b else tp
-            tp = t1 if v1 == b else tp
-            tp = t0 if v0 == b else tp
-            tap[c] = tp
+            tap[c] = _winner9(p0[c], p0[C + c], p0[2 * C + c], p1[c], p1[C + c], p1[2 * C + c], p2[c], p2[C + c],
+                              p2[2 * C + c], t1, t2, t3, t4, t5, t6, t7, t8, rule)
         return
     for c in range(C):
         b = p0[c]
@@ -1519,8 +1491,9 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
     ``grad_x`` may be uninitialised; ``share_buf`` holds a scratch row of at least ``out_w + W`` values per
     thread: a row's shares, then their spread over the ``W`` columns. With more than ``kh + kw + 1`` taps (3x3
     windows and up) each output row's spread is built once and added to each of its window rows: ``kw`` strided
-    passes and ``kh`` contiguous ones instead of ``kh * kw`` strided ones. A cell's gradients then add up row by row, each row's
-    as one sum (the naive tier adds window by window, so overlapping windows may differ in the last bits).
+    passes and ``kh`` contiguous ones instead of ``kh * kw`` strided ones. A cell's gradients then add up row by
+    row, each row's as one sum (the naive tier adds window by window, so overlapping windows may differ in the last
+    bits).
     """
     cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1], H = grad_x.shape[2], W = grad_x.shape[3]
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
