@@ -62,7 +62,7 @@ def max_pool2d_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, 
     cdef Py_ssize_t plane, n, c, i, j, a, b, h, w, h0, w0, a_lo, a_hi, b_lo, b_hi
     cdef int64_t winner
     cdef floating best, v
-    for plane in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
+    for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
         n = plane // C
         c = plane % C
         for i in range(out_h):
@@ -764,7 +764,7 @@ def extremum_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
     cdef floating* op
     if N * C == 0:
         return
-    for plane in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
+    for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
         xp = &x[0, 0, 0, 0] + plane * H * W
         op = &out[0, 0, 0, 0] + plane * out_h * out_w
         nxt = (xp + H * W) if plane + 1 < N * C else NULL
@@ -968,7 +968,7 @@ def extremum_backward_nchw(const floating[:, :, :, ::1] x, const floating[:, :, 
         best = &best_buf[tid, 0]
         tap = &tap_buf[tid, 0]
         win = &win_buf[tid, 0]
-        for plane in prange(N * C, schedule="static"):
+        for plane in prange(N * C, schedule="guided"):
             xp = &x[0, 0, 0, 0] + plane * H * W
             gp = &grad_out[0, 0, 0, 0] + plane * out_h * out_w
             gx = &grad_x[0, 0, 0, 0] + plane * H * W
@@ -1199,7 +1199,7 @@ def extremum_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
     if N == 0:
         return
     if track:
-        for row in prange(N * out_h, nogil=True, schedule="static", num_threads=num_threads):
+        for row in prange(N * out_h, nogil=True, schedule="guided", num_threads=num_threads):
             n = row // out_h
             i = row % out_h
             xn = &x[n, 0, 0, 0]
@@ -1227,7 +1227,7 @@ def extremum_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
     if nblk > out_h:
         nblk = out_h
     size = (out_h + nblk - 1) // nblk
-    for unit in prange(N * nblk, nogil=True, schedule="static", num_threads=num_threads):
+    for unit in prange(N * nblk, nogil=True, schedule="guided", num_threads=num_threads):
         n = unit // nblk
         i0 = (unit % nblk) * size
         i1 = min(i0 + size, out_h)
@@ -1353,7 +1353,7 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
         tid = threadid()
         best = &best_buf[tid, 0]
         tap = &tap_buf[tid, 0]
-        for row in prange(units, schedule="static"):
+        for row in prange(units, schedule="guided"):
             u = _unit_rows(row, by_rows, out_h, H, sh, ph)
             n = u.n
             i_lo = u.i_lo
@@ -1440,7 +1440,7 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
     if N * C == 0:
         return
     if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1):
-        for plane in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
+        for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
             xp = &x[0, 0, 0, 0] + plane * H * W
             op = &out[0, 0, 0, 0] + plane * out_h * out_w
             for i in range(out_h):
@@ -1455,7 +1455,7 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
                     s = s + r1[2 * j + 1]
                     op[i * out_w + j] = s / dv[j]
         return
-    for plane in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
+    for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
         xp = &x[0, 0, 0, 0] + plane * H * W
         for i in range(out_h):
             op = &out[0, 0, 0, 0] + (plane * out_h + i) * out_w
@@ -1510,7 +1510,7 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
     if N * C == 0:
         return
     if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1):
-        for plane in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
+        for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
             gp = &grad_out[0, 0, 0, 0] + plane * out_h * out_w
             gx = &grad_x[0, 0, 0, 0] + plane * H * W
             if 2 * out_h < H or 2 * out_w < W:
@@ -1531,7 +1531,7 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
         tid = threadid()
         share = &share_buf[tid, 0]
         spread = share + out_w
-        for plane in prange(N * C, schedule="static"):
+        for plane in prange(N * C, schedule="guided"):
             gp = &grad_out[0, 0, 0, 0] + plane * out_h * out_w
             gx = &grad_x[0, 0, 0, 0] + plane * H * W
             memset(gx, 0, H * W * sizeof(floating))
@@ -1568,7 +1568,7 @@ def avg_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
     cdef floating d
     if N == 0:
         return
-    for row in prange(N * out_h, nogil=True, schedule="static", num_threads=num_threads):
+    for row in prange(N * out_h, nogil=True, schedule="guided", num_threads=num_threads):
         n = row // out_h
         i = row % out_h
         h0 = i * sh - ph
@@ -1614,7 +1614,7 @@ def avg_backward_nhwc(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         share = &share_buf[tid, 0]
-        for row in prange(units, schedule="static"):
+        for row in prange(units, schedule="guided"):
             u = _unit_rows(row, by_rows, out_h, H, sh, ph)
             n = u.n
             i_lo = u.i_lo
