@@ -505,6 +505,31 @@ cdef inline void _fold_taps_3s2(floating* best, floating* tap, const floating* r
         tap[j] = tp
 
 
+cdef void _fold_taps_row(floating* best, floating* tap, const floating* row, Py_ssize_t jl, Py_ssize_t jh,
+                         Py_ssize_t K, Py_ssize_t S, Py_ssize_t D, Py_ssize_t off, floating t0,
+                         rule_t* rule) noexcept nogil:
+    """:func:`_fold_taps` with the common window widths and strides (no dilation) as constants: the calls pass
+    literals into the inline fold, so the compiler unrolls the tap loop and vectorises the loop over windows,
+    which it does not do with ``K`` and ``S`` known only at run time (3x3 stride-1 windows took 4x as long)."""
+    if D == 1:
+        if S == 1 and K == 2:
+            _fold_taps(best, tap, row, jl, jh, 2, 1, 1, off, t0, rule)
+            return
+        if S == 1 and K == 3:
+            _fold_taps(best, tap, row, jl, jh, 3, 1, 1, off, t0, rule)
+            return
+        if S == 1 and K == 5:
+            _fold_taps(best, tap, row, jl, jh, 5, 1, 1, off, t0, rule)
+            return
+        if S == 2 and K == 2:
+            _fold_taps(best, tap, row, jl, jh, 2, 2, 1, off, t0, rule)
+            return
+        if S == 3 and K == 3:
+            _fold_taps(best, tap, row, jl, jh, 3, 3, 1, off, t0, rule)
+            return
+    _fold_taps(best, tap, row, jl, jh, K, S, D, off, t0, rule)
+
+
 cdef inline void _taps_3x3s2(floating* tap, const floating* r0, Py_ssize_t W, Py_ssize_t jl, Py_ssize_t jh,
                              Py_ssize_t off, rule_t* rule) noexcept nogil:
     """Winners of 3x3 stride-2 windows whose nine taps are all real (rows r0, r0 + W, r0 + 2W): ``tap[j]``
@@ -885,7 +910,7 @@ cdef inline void _plane_backward_body(const floating* xp, const floating* gp, fl
                 if dw == 1 and sw == 2 and kw == 3:
                     _fold_taps_3s2(best, tap, row, jl, jh, -pw, a * dh * W, rule)
                 else:
-                    _fold_taps(best, tap, row, jl, jh, kw, sw, dw, -pw, a * dh * W, rule)
+                    _fold_taps_row(best, tap, row, jl, jh, kw, sw, dw, -pw, a * dh * W, rule)
             for j in range(jl):
                 w0 = j * sw - pw
                 b_lo = _tap_lo(w0, dw)

@@ -38,6 +38,9 @@ CONFIGS = [  # kernel_size, stride, padding, dilation, ceil_mode
     (3, 2, 0, 1, True),
     (2, 1, 0, 2, False),
     ((3, 2), (2, 1), (1, 0), 1, False),
+    (5, 1, 2, 1, False),   # these three and the two above: every fixed-size tap row of the NCHW backward
+    (2, 2, 1, 1, False),
+    (3, 3, 0, 1, False),
 ]
 
 
