@@ -38,7 +38,7 @@ CONFIGS = [  # kernel_size, stride, padding, dilation, ceil_mode
     (3, 2, 0, 1, True),
     (2, 1, 0, 2, False),
     ((3, 2), (2, 1), (1, 0), 1, False),
-    (5, 1, 2, 1, False),   # these three and the two above: every fixed-size tap row of the NCHW backward
+    (5, 1, 2, 1, False),   # with (3, 1, 1) and the (3, 2) one: every fixed-size tap row of the NCHW backward
     (2, 2, 1, 1, False),
     (3, 3, 0, 1, False),
 ]
