@@ -1087,16 +1087,19 @@ cdef inline void _pixel_index(floating* best, int64_t* win, const floating* px, 
         win[c] = index if take else wi
 
 
-cdef inline void _pixel_taps(floating* best, floating* tap, const floating* px, Py_ssize_t C, floating t,
-                             rule_t* rule) noexcept nogil:
-    """As :func:`_pixel_vals`, and ``tap[c]`` becomes the tap number ``t`` where the tap wins."""
+cdef inline void _pixel_taps(const floating* best_in, const floating* tap_in, floating* best, floating* tap,
+                             const floating* px, Py_ssize_t C, floating t, rule_t* rule) noexcept nogil:
+    """Fold one tap into the running bests ``best_in`` of every channel, writing the result to ``best``, and
+    ``tap[c]`` becomes the tap number ``t`` where the tap wins (``tap_in[c]`` elsewhere). The caller passes
+    other rows for the result than for the running values: a row rewritten in place only where a lane wins
+    compiles (GCC 12, AVX2) to masked stores, which are slow and block the next tap's loads."""
     cdef Py_ssize_t c
     cdef floating v, b, tp
     cdef bint take
     for c in range(C):
         v = px[c]
-        b = best[c]
-        tp = tap[c]                                      # every load before the selects: no branch needed
+        b = best_in[c]
+        tp = tap_in[c]
         take = _wins(v, b, rule)
         best[c] = v if take else b
         tap[c] = t if take else tp
@@ -1275,6 +1278,9 @@ def extremum_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
                 _nhwc_row_vals(xn, op, i, H, W, C, out_w, kh, kw, sh, sw, ph, pw, dh, dw, <MaxRuleNoNaN*> NULL)
 
 
+cdef enum:
+    _SCATTER_TAPS = 256   # windows of up to this many taps route their gradients through a table of offsets
+
 ctypedef struct UnitRows:
     Py_ssize_t n, i_lo, i_hi, h_lo, h_hi
 
@@ -1307,14 +1313,22 @@ cdef void _nhwc_row_backward(const floating* xn, const floating* grow, floating*
                              Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, rule_t* rule) noexcept nogil:
     """Output row i of one NHWC image: for each window find every channel's winner (as a tap number held in
     a float), then route ``grow[j, c]`` to it in ``gx``."""
-    cdef Py_ssize_t j, a, b, c, h0, w0, a_lo, a_hi, b_lo, b_hi
+    cdef Py_ssize_t j, a, b, c, h0, w0, a_lo, a_hi, b_lo, b_hi, base, cur
     cdef const floating* px
+    cdef const floating* gj
+    cdef const floating* won
     cdef floating t
+    cdef Py_ssize_t offs[_SCATTER_TAPS]                   # tap number -> offset of its cell from the window's
+    cdef bint by_table = kh * kw <= _SCATTER_TAPS
     h0 = i * sh - ph
     a_lo = _tap_lo(h0, dh)
     a_hi = _tap_hi(h0, kh, dh, H)
     if a_lo >= a_hi:
         return                                            # no real cell: no winner
+    if by_table:
+        for a in range(kh):
+            for b in range(kw):
+                offs[a * kw + b] = (a * dh * W + b * dw) * C
     for j in range(out_w):
         w0 = j * sw - pw
         b_lo = _tap_lo(w0, dw)
@@ -1338,13 +1352,23 @@ cdef void _nhwc_row_backward(const floating* xn, const floating* grow, floating*
         for c in range(C):
             best[c] = px[c]                               # the first real tap: the rule applied to -inf (+inf)
             tap[c] = t
+        cur = 0                                           # the running values are in the rows' half ``cur``
         for a in range(a_lo, a_hi):
             for b in range(b_lo, b_hi):
                 if a > a_lo or b > b_lo:
-                    _pixel_taps(best, tap, xn + ((h0 + a * dh) * W + w0 + b * dw) * C, C, a * kw + b, rule)
+                    _pixel_taps(best + cur * C, tap + cur * C, best + (1 - cur) * C, tap + (1 - cur) * C,
+                                xn + ((h0 + a * dh) * W + w0 + b * dw) * C, C, a * kw + b, rule)
+                    cur = 1 - cur
+        won = tap + cur * C
+        if by_table:                                      # one add per channel, at its winner's cell
+            base = (h0 * W + w0) * C
+            gj = grow + j * C
+            for c in range(C):
+                gx[base + offs[<Py_ssize_t> won[c]] + c] += gj[c]
+            continue
         for a in range(a_lo, a_hi):
             for b in range(b_lo, b_hi):
-                _pixel_route(gx + ((h0 + a * dh) * W + w0 + b * dw) * C, grow + j * C, tap, C, a * kw + b)
+                _pixel_route(gx + ((h0 + a * dh) * W + w0 + b * dw) * C, grow + j * C, won, C, a * kw + b)
 
 
 def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] grad_out,
@@ -1357,8 +1381,8 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
     threads, each owning the input rows of its windows; otherwise whole images are, so that the windows
     touching one cell are always summed in row-major order by one thread. Gradient rows are zeroed just
     before the first window reaches them, while they are still in cache. ``best_buf`` and ``tap_buf`` hold a
-    scratch row of at least ``C`` values per thread. The caller keeps ``kh * kw`` below 2**24 for float32 (tap
-    numbers are held in the float type).
+    scratch row of at least ``2 * C`` values per thread (two halves: the running values and the next tap's).
+    The caller keeps ``kh * kw`` below 2**24 for float32 (tap numbers are held in the float type).
     """
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2]
@@ -1373,6 +1397,11 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
     cdef bint has_nan
     if N == 0:
         return
+    if min(best_buf.shape[0], tap_buf.shape[0]) < max(num_threads, 1) or min(best_buf.shape[1],
+                                                                              tap_buf.shape[1]) < 2 * C:
+        raise ValueError(f"best_buf and tap_buf need a row of at least 2 * C = {2 * C} values for each of the "
+                         f"{num_threads} threads, got {best_buf.shape[0]} x {best_buf.shape[1]} and "
+                         f"{tap_buf.shape[0]} x {tap_buf.shape[1]}")
     units = N * out_h if by_rows else N
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()

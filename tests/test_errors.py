@@ -402,3 +402,27 @@ def test_cython_tier_never_crashes_on_bad_shapes_or_strides():
     proc = subprocess.run([sys.executable, "-c", CYTHON_SCRIPT], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"the subprocess crashed (exit code {proc.returncode}):\n{proc.stderr[-3000:]}"
     assert proc.stdout.startswith("OK"), proc.stdout[-5000:]
+
+
+
+def test_nhwc_backward_kernel_refuses_short_scratch_rows():
+    """The NHWC max backward works in two halves of each thread's scratch rows (the running values and the next
+    tap's), so it needs rows of ``2 * C`` values: shorter ones get a ValueError before any thread writes."""
+    if "cython" not in pl.available_backends():
+        pytest.skip("the compiled tier is not built on this machine")
+    from pooling_lib import cython_tier
+    kernel = cython_tier._kernels.extremum_backward_nhwc
+    x = np.zeros((1, 4, 4, 3))                  # all ties: each 2x2 window's winner is its first cell
+    grad_out = np.ones((1, 2, 2, 3))
+    geometry = (2, 2, 2, 2, 0, 0, 1, 1)         # kh, kw, sh, sw, ph, pw, dh, dw
+    grad_x = np.full_like(x, 7.0)
+    kernel(x, grad_out, grad_x, np.empty((1, 6)), np.empty((1, 6)), *geometry, False, 1)
+    expected = np.zeros_like(x)
+    expected[:, ::2, ::2, :] = 1
+    assert np.array_equal(grad_x, expected)
+    for best, tap in [(np.empty((1, 5)), np.empty((1, 6))), (np.empty((1, 6)), np.empty((1, 3))),
+                      (np.empty((1, 6)), np.empty((0, 6)))]:
+        grad_x = np.full_like(x, 7.0)
+        with pytest.raises(ValueError, match=r"2 \* C = 6"):
+            kernel(x, grad_out, grad_x, best, tap, *geometry, False, 1)
+        assert (grad_x == 7.0).all()            # refused before anything was written
