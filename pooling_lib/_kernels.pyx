@@ -209,6 +209,78 @@ cdef extern from *:
     Py_ssize_t pl_taps_3x3s2_avx2(float* tap, const float* r0, Py_ssize_t W, Py_ssize_t jl, Py_ssize_t jh,
                                   Py_ssize_t off, int minimum) noexcept nogil
 
+cdef extern from *:
+    """
+    /* Winners of one NHWC window for every channel, in the AVX2 build only (elsewhere the functions do no channel
+       and the scalar loop does them all), for blocks without NaN. The window's real taps are the pixels
+       p + offs[k] (k = 0 .. n-1, in scan order) with tap numbers tnum[k]. Lane by lane, the same operations as the
+       scalar loop: the first tap's value is the running best; a tap wins when v > best (v < best), and then its
+       value becomes the best (maxps(v, b) is exactly "v > b ? v : b") and its number the winner. The bests and
+       winners of 4 vectors of channels stay in registers across all the taps. Returns the first channel left to
+       the caller. */
+    #if defined(__AVX2__)
+    #include <immintrin.h>
+    #define PL_NHWC_TAPS(NAME, T, V, LANES, LOAD, STORE, SET1, MAX, MIN, CMP, BLEND) \
+    static Py_ssize_t NAME(T* tap, const T* p, const Py_ssize_t* offs, const T* tnum, Py_ssize_t n, \
+                           Py_ssize_t C, int minimum) { \
+        Py_ssize_t c = 0, k; \
+        for (; c + 4 * LANES <= C; c += 4 * LANES) { \
+            const T* q = p + offs[0] + c; \
+            V b0 = LOAD(q), b1 = LOAD(q + LANES), b2 = LOAD(q + 2 * LANES), b3 = LOAD(q + 3 * LANES); \
+            V t0 = SET1(tnum[0]), t1 = t0, t2 = t0, t3 = t0; \
+            for (k = 1; k < n; k++) { \
+                const V t = SET1(tnum[k]); \
+                V v0, v1, v2, v3; \
+                q = p + offs[k] + c; \
+                v0 = LOAD(q); v1 = LOAD(q + LANES); v2 = LOAD(q + 2 * LANES); v3 = LOAD(q + 3 * LANES); \
+                if (minimum) { \
+                    t0 = BLEND(t0, t, CMP(v0, b0, _CMP_LT_OQ)); b0 = MIN(v0, b0); \
+                    t1 = BLEND(t1, t, CMP(v1, b1, _CMP_LT_OQ)); b1 = MIN(v1, b1); \
+                    t2 = BLEND(t2, t, CMP(v2, b2, _CMP_LT_OQ)); b2 = MIN(v2, b2); \
+                    t3 = BLEND(t3, t, CMP(v3, b3, _CMP_LT_OQ)); b3 = MIN(v3, b3); \
+                } else { \
+                    t0 = BLEND(t0, t, CMP(v0, b0, _CMP_GT_OQ)); b0 = MAX(v0, b0); \
+                    t1 = BLEND(t1, t, CMP(v1, b1, _CMP_GT_OQ)); b1 = MAX(v1, b1); \
+                    t2 = BLEND(t2, t, CMP(v2, b2, _CMP_GT_OQ)); b2 = MAX(v2, b2); \
+                    t3 = BLEND(t3, t, CMP(v3, b3, _CMP_GT_OQ)); b3 = MAX(v3, b3); \
+                } \
+            } \
+            STORE(tap + c, t0); STORE(tap + c + LANES, t1); STORE(tap + c + 2 * LANES, t2); \
+            STORE(tap + c + 3 * LANES, t3); \
+        } \
+        for (; c + LANES <= C; c += LANES) { \
+            V b0 = LOAD(p + offs[0] + c), t0 = SET1(tnum[0]); \
+            for (k = 1; k < n; k++) { \
+                const V v0 = LOAD(p + offs[k] + c), t = SET1(tnum[k]); \
+                if (minimum) { t0 = BLEND(t0, t, CMP(v0, b0, _CMP_LT_OQ)); b0 = MIN(v0, b0); } \
+                else { t0 = BLEND(t0, t, CMP(v0, b0, _CMP_GT_OQ)); b0 = MAX(v0, b0); } \
+            } \
+            STORE(tap + c, t0); \
+        } \
+        return c; \
+    }
+    PL_NHWC_TAPS(pl_nhwc_taps_f32, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
+                 _mm256_max_ps, _mm256_min_ps, _mm256_cmp_ps, _mm256_blendv_ps)
+    PL_NHWC_TAPS(pl_nhwc_taps_f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
+                 _mm256_max_pd, _mm256_min_pd, _mm256_cmp_pd, _mm256_blendv_pd)
+    #else
+    static Py_ssize_t pl_nhwc_taps_f32(float* tap, const float* p, const Py_ssize_t* offs, const float* tnum,
+                                       Py_ssize_t n, Py_ssize_t C, int minimum) {
+        (void) tap; (void) p; (void) offs; (void) tnum; (void) n; (void) C; (void) minimum;
+        return 0;
+    }
+    static Py_ssize_t pl_nhwc_taps_f64(double* tap, const double* p, const Py_ssize_t* offs, const double* tnum,
+                                       Py_ssize_t n, Py_ssize_t C, int minimum) {
+        (void) tap; (void) p; (void) offs; (void) tnum; (void) n; (void) C; (void) minimum;
+        return 0;
+    }
+    #endif
+    """
+    Py_ssize_t pl_nhwc_taps_f32(float* tap, const float* p, const Py_ssize_t* offs, const float* tnum,
+                                Py_ssize_t n, Py_ssize_t C, int minimum) noexcept nogil
+    Py_ssize_t pl_nhwc_taps_f64(double* tap, const double* p, const Py_ssize_t* offs, const double* tnum,
+                                Py_ssize_t n, Py_ssize_t C, int minimum) noexcept nogil
+
 
 def openmp_enabled():
     """True when the extension was compiled with OpenMP (``prange`` then really runs in parallel)."""
@@ -1319,6 +1391,9 @@ cdef void _nhwc_row_backward(const floating* xn, const floating* grow, floating*
     cdef const floating* won
     cdef floating t
     cdef Py_ssize_t offs[_SCATTER_TAPS]                   # tap number -> offset of its cell from the window's
+    cdef Py_ssize_t tap_offs[_SCATTER_TAPS]               # a window's real taps: offsets from its first one,
+    cdef floating tap_nums[_SCATTER_TAPS]                 # and their tap numbers
+    cdef Py_ssize_t n, c0
     cdef bint by_table = kh * kw <= _SCATTER_TAPS
     h0 = i * sh - ph
     a_lo = _tap_lo(h0, dh)
@@ -1349,16 +1424,33 @@ cdef void _nhwc_row_backward(const floating* xn, const floating* grow, floating*
             continue
         t = a_lo * kw + b_lo
         px = xn + ((h0 + a_lo * dh) * W + w0 + b_lo * dw) * C
-        for c in range(C):
+        c0 = 0                                            # channels [0, c0) already have their winner in tap
+        if by_table and (rule_t is MaxRuleNoNaN or rule_t is MinRuleNoNaN):
+            n = 0
+            for a in range(a_lo, a_hi):
+                for b in range(b_lo, b_hi):
+                    tap_offs[n] = offs[a * kw + b] - offs[a_lo * kw + b_lo]
+                    tap_nums[n] = a * kw + b
+                    n += 1
+            if floating is float:
+                c0 = pl_nhwc_taps_f32(tap, px, tap_offs, tap_nums, n, C, rule_t is MinRuleNoNaN)
+            else:
+                c0 = pl_nhwc_taps_f64(tap, px, tap_offs, tap_nums, n, C, rule_t is MinRuleNoNaN)
+        for c in range(c0, C):
             best[c] = px[c]                               # the first real tap: the rule applied to -inf (+inf)
             tap[c] = t
         cur = 0                                           # the running values are in the rows' half ``cur``
-        for a in range(a_lo, a_hi):
-            for b in range(b_lo, b_hi):
-                if a > a_lo or b > b_lo:
-                    _pixel_taps(best + cur * C, tap + cur * C, best + (1 - cur) * C, tap + (1 - cur) * C,
-                                xn + ((h0 + a * dh) * W + w0 + b * dw) * C, C, a * kw + b, rule)
-                    cur = 1 - cur
+        if c0 < C:
+            for a in range(a_lo, a_hi):
+                for b in range(b_lo, b_hi):
+                    if a > a_lo or b > b_lo:
+                        _pixel_taps(best + cur * C + c0, tap + cur * C + c0, best + (1 - cur) * C + c0,
+                                    tap + (1 - cur) * C + c0, xn + ((h0 + a * dh) * W + w0 + b * dw) * C + c0,
+                                    C - c0, a * kw + b, rule)
+                        cur = 1 - cur
+            if cur == 1 and c0 > 0:                       # put the two parts of the winners side by side
+                memcpy(tap + c0, tap + C + c0, (C - c0) * sizeof(floating))
+                cur = 0
         won = tap + cur * C
         if by_table:                                      # one add per channel, at its winner's cell
             base = (h0 * W + w0) * C

@@ -90,7 +90,10 @@ def build(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 23, 29), (2, 16, 48, 40)], ids=["small", "threaded"])
+# "channels": 45 channels take every part of the NHWC AVX2 winner loops (blocks of 4 vectors, single vectors,
+# and the scalar rest) in both float types
+@pytest.mark.parametrize("shape", [(2, 5, 23, 29), (2, 16, 48, 40), (1, 45, 12, 11)],
+                         ids=["small", "threaded", "channels"])
 @pytest.mark.parametrize("kind", ["ties", "nan", "few_nan", "special"])
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_each_build_matches_numpy_tier(build, config, kind, shape, dtype, layout):
