@@ -1624,12 +1624,47 @@ cdef inline void _spread_row(floating* grow, const floating* share, Py_ssize_t o
             _spread_taps(grow, share, j_lo, j_hi, sw, off)
 
 
+cdef inline void _avg_3x3(floating* op, const floating* r0, const floating* dv, Py_ssize_t W, Py_ssize_t jl,
+                          Py_ssize_t jh, Py_ssize_t S, Py_ssize_t off) noexcept nogil:
+    """Averages of 3x3 stride-S windows whose nine taps are all real (rows r0, r0 + W, r0 + 2W): each sum is
+    kept in a register, from 0 in scan order (the same additions as the tap-by-tap loop), then divided.
+    Callers pass S as a literal, so the compiler sees a constant stride."""
+    cdef Py_ssize_t j, q
+    cdef const floating* r1 = r0 + W
+    cdef const floating* r2 = r1 + W
+    cdef floating s
+    for j in range(jl, jh):
+        q = S * j + off
+        s = 0
+        s = s + r0[q]
+        s = s + r0[q + 1]
+        s = s + r0[q + 2]
+        s = s + r1[q]
+        s = s + r1[q + 1]
+        s = s + r1[q + 2]
+        s = s + r2[q]
+        s = s + r2[q + 1]
+        s = s + r2[q + 2]
+        op[j] = s / dv[j]
+
+
+cdef inline floating _avg_cells(const floating* r0, Py_ssize_t W, Py_ssize_t rows, Py_ssize_t c_lo,
+                                Py_ssize_t c_hi) noexcept nogil:
+    """Sum, from 0 in scan order, of the cells in ``rows`` rows (the first at r0) and columns c_lo .. c_hi-1."""
+    cdef Py_ssize_t a, c
+    cdef floating s = 0
+    for a in range(rows):
+        for c in range(c_lo, c_hi):
+            s = s + r0[a * W + c]
+    return s
+
+
 def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const floating[:, ::1] divisors,
              int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
     """Average pooling of a C-contiguous NCHW batch."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
-    cdef Py_ssize_t plane, i, j, a, b, h, h0, off, a_lo, a_hi, j_lo, j_hi
+    cdef Py_ssize_t plane, i, j, a, b, h, h0, off, a_lo, a_hi, j_lo, j_hi, jl, jh
     cdef const floating* xp
     cdef const floating* r0
     cdef const floating* r1
@@ -1654,16 +1689,29 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
                     s = s + r1[2 * j + 1]
                     op[i * out_w + j] = s / dv[j]
         return
+    _interior(out_w, kw, sw, pw, 1, W, &jl, &jh)
     for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
         xp = &x[0, 0, 0, 0] + plane * H * W
         for i in range(out_h):
             op = &out[0, 0, 0, 0] + (plane * out_h + i) * out_w
             dv = &divisors[i, 0]
-            for j in range(out_w):
-                op[j] = 0
             h0 = i * sh - ph
             a_lo = _tap_lo(h0, 1)
             a_hi = _tap_hi(h0, kh, 1, H)
+            if kh == 3 and kw == 3 and (sw == 1 or sw == 2) and a_hi - a_lo == 3:
+                # 3x3 windows at stride 1 or 2 on three real rows: nine taps in one pass; windows cut by the
+                # padding apart
+                if sw == 1:
+                    _avg_3x3(op, xp + h0 * W, dv, W, jl, jh, 1, -pw)
+                else:
+                    _avg_3x3(op, xp + h0 * W, dv, W, jl, jh, 2, -pw)
+                for j in range(jl):
+                    op[j] = _avg_cells(xp + h0 * W, W, 3, 0, min(j * sw - pw + 3, W)) / dv[j]
+                for j in range(jh, out_w):
+                    op[j] = _avg_cells(xp + h0 * W, W, 3, j * sw - pw, min(j * sw - pw + 3, W)) / dv[j]
+                continue
+            for j in range(out_w):
+                op[j] = 0
             for a in range(a_lo, a_hi):
                 h = h0 + a
                 for b in range(kw):
