@@ -233,7 +233,7 @@ def max_pool_backward(grad_out, x, g, minimum=False):
     grad_out = np.ascontiguousarray(grad_out)
     grad_x = _empty((g.N, g.C, g.H, g.W), x.dtype)
     best = _scratch(nt, g.out_w, x.dtype)
-    tap = _scratch(nt, g.out_w, x.dtype)
+    tap = _scratch(nt, 2 * g.out_w, x.dtype)             # the winners of two window rows
     win = _scratch(nt, g.out_w, np.int64)
     _kernels.extremum_backward_nchw(x, grad_out, grad_x, best, tap, win, *_geometry_args(g), minimum, nt)
     return grad_x

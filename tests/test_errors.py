@@ -405,6 +405,33 @@ def test_cython_tier_never_crashes_on_bad_shapes_or_strides():
 
 
 
+def test_nchw_backward_kernel_refuses_short_scratch_rows():
+    """The NCHW max backward keeps the winners of two window rows in each thread's ``tap_buf`` row (3x3 stride-2
+    padding-1 windows write each gradient row once both are known), so it needs ``tap_buf`` rows of ``2 * out_w``
+    values and ``best_buf`` and ``win_buf`` rows of ``out_w``: shorter ones get a ValueError before any thread
+    writes."""
+    if "cython" not in pl.available_backends():
+        pytest.skip("the compiled tier is not built on this machine")
+    from pooling_lib import cython_tier
+    kernel = cython_tier._kernels.extremum_backward_nchw
+    x = np.zeros((1, 2, 5, 5))                  # all ties: each window's winner is its first real cell
+    grad_out = np.ones((1, 2, 3, 3))
+    geometry = (3, 3, 2, 2, 1, 1, 1, 1)         # kh, kw, sh, sw, ph, pw, dh, dw
+    grad_x = np.full_like(x, 7.0)
+    kernel(x, grad_out, grad_x, np.empty((1, 3)), np.empty((1, 6)), np.empty((1, 3), dtype=np.int64), *geometry,
+           False, 1)
+    expected = np.zeros_like(x)
+    expected[np.ix_([0], [0, 1], [0, 1, 3], [0, 1, 3])] = 1   # windows from rows (columns) -1, 1, 3: first real cell
+    assert np.array_equal(grad_x, expected)
+    for best, tap, win in [((1, 2), (1, 6), (1, 3)), ((1, 3), (1, 5), (1, 3)), ((1, 3), (1, 6), (1, 2)),
+                           ((0, 3), (1, 6), (1, 3))]:
+        grad_x = np.full_like(x, 7.0)
+        with pytest.raises(ValueError, match=r"2 \* out_w = 6"):
+            kernel(x, grad_out, grad_x, np.empty(best), np.empty(tap), np.empty(win, dtype=np.int64), *geometry,
+                   False, 1)
+        assert (grad_x == 7.0).all()            # refused before anything was written
+
+
 def test_nhwc_backward_kernel_refuses_short_scratch_rows():
     """The NHWC max backward works in two halves of each thread's scratch rows (the running values and the next
     tap's), so it needs rows of ``2 * C`` values: shorter ones get a ValueError before any thread writes."""

@@ -41,6 +41,8 @@ CONFIGS = [  # kernel_size, stride, padding, dilation, ceil_mode
     (5, 1, 2, 1, False),   # with (3, 1, 1) and the (3, 2) one: every fixed-size tap row of the NCHW backward
     (2, 2, 1, 1, False),
     (3, 3, 0, 1, False),
+    (3, 2, 1, 1, True),    # the NCHW max backward's 3x3 stride-2 padding-1 plane loop, with a last window row and
+                           # column that hold one real row or column only
 ]
 
 
