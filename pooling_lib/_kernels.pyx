@@ -198,6 +198,22 @@ cdef extern from *:
         memcpy(&g, &gi, sizeof g);
         return g;
     }
+    /* a if cond else b, without a branch (for a select on a data-dependent float comparison in scalar code, which
+       GCC compiles to a branch that the CPU mispredicts about half the time) */
+    static inline float pl_sel_f32(int cond, float a, float b) {
+        int32_t ai, bi, m = -(int32_t) (cond != 0);
+        memcpy(&ai, &a, sizeof ai); memcpy(&bi, &b, sizeof bi);
+        ai = (ai & m) | (bi & ~m);
+        memcpy(&a, &ai, sizeof a);
+        return a;
+    }
+    static inline double pl_sel_f64(int cond, double a, double b) {
+        int64_t ai, bi, m = -(int64_t) (cond != 0);
+        memcpy(&ai, &a, sizeof ai); memcpy(&bi, &b, sizeof bi);
+        ai = (ai & m) | (bi & ~m);
+        memcpy(&a, &ai, sizeof a);
+        return a;
+    }
     /* 1 in the AVX2 build: SSE2 has no 64-bit integer compare, so the baseline build cannot vectorise pl_pick_f64 */
     #if defined(__AVX2__)
     #define PL_AVX2 1
@@ -207,6 +223,8 @@ cdef extern from *:
     """
     float pl_pick_f32(float g, float t, float code) noexcept nogil
     double pl_pick_f64(double g, double t, double code) noexcept nogil
+    float pl_sel_f32(bint cond, float a, float b) noexcept nogil
+    double pl_sel_f64(bint cond, double a, double b) noexcept nogil
     bint PL_AVX2
 
 cdef extern from *:
@@ -818,12 +836,12 @@ cdef inline floating _edge_3x2(const floating* r0, Py_ssize_t W, Py_ssize_t c, P
         b = v3 if _wins(v3, b, rule) else b
         b = v4 if _wins(v4, b, rule) else b
         b = v5 if _wins(v5, b, rule) else b
-        tp = base + 2 * fw + 1
-        tp = (base + 2 * fw) if v4 == b else tp
-        tp = (base + fw + 1) if v3 == b else tp
-        tp = (base + fw) if v2 == b else tp
-        tp = (base + 1) if v1 == b else tp
-        tp = base if v0 == b else tp
+        tp = base + 2 * fw + 1                            # (branch-free selects: the tests go either way)
+        tp = _sel(v4 == b, base + 2 * fw, tp)
+        tp = _sel(v3 == b, base + fw + 1, tp)
+        tp = _sel(v2 == b, base + fw, tp)
+        tp = _sel(v1 == b, base + 1, tp)
+        tp = _sel(v0 == b, base, tp)
     else:
         tp = base
         _step(v1, &b, &tp, (base + 1), rule)
@@ -1144,6 +1162,14 @@ cdef inline floating _pick(floating g, floating t, floating code) noexcept nogil
         return pl_pick_f64(g, t, code)
 
 
+cdef inline floating _sel(bint cond, floating a, floating b) noexcept nogil:
+    """``a if cond else b`` without a branch (see ``pl_sel_f32``)."""
+    if floating is float:
+        return pl_sel_f32(cond, a, b)
+    else:
+        return pl_sel_f64(cond, a, b)
+
+
 cdef inline void _gather_3x3s2(floating* gr, Py_ssize_t W, Py_ssize_t out_w, const floating* t0, const floating* g0,
                                floating c0, const floating* t1, const floating* g1, floating c1,
                                bint two) noexcept nogil:
@@ -1153,9 +1179,9 @@ cdef inline void _gather_3x3s2(floating* gr, Py_ssize_t W, Py_ssize_t out_w, con
     Cell 2m is tap 1 of window m; cell 2m + 1 is tap 2 of window m, then tap 0 of window m + 1. Adding 0 for a
     window that the cell does not win changes nothing (the sum is never -0.0), so these are the bits of the
     scatter ``gx[winner] += g`` over a zeroed row."""
-    cdef Py_ssize_t m, c, j, M = min((W - 1) // 2, out_w - 1)
+    cdef Py_ssize_t m, M = (W - 1) // 2                   # out_w > M: window M exists (padding 1)
     cdef floating s, zero = 0, c0_0 = c0, c0_1 = c0 + 1, c0_2 = c0 + 2, c1_0 = c1, c1_1 = c1 + 1, c1_2 = c1 + 2
-    for m in range(M):                                    # both cells real, both windows present
+    for m in range(M):                                    # cells 2m and 2m + 1 < W - 1: windows m and m + 1
         s = zero + _pick(g0[m], t0[m], c0_1)
         if two:
             s = s + _pick(g1[m], t1[m], c1_1)
@@ -1166,16 +1192,19 @@ cdef inline void _gather_3x3s2(floating* gr, Py_ssize_t W, Py_ssize_t out_w, con
             s = s + _pick(g1[m], t1[m], c1_2)
             s = s + _pick(g1[m + 1], t1[m + 1], c1_0)
         gr[2 * m + 1] = s
-    for c in range(2 * M, W):                             # the row's end: window j holds cells 2j - 1 .. 2j + 1
-        s = zero
-        for j in range(c // 2, min((c + 1) // 2 + 1, out_w)):
-            if t0[j] == c0 + (c - 2 * j + 1):
-                s = s + g0[j]
+    s = zero + _pick(g0[M], t0[M], c0_1)                  # the row's end: cell 2M, then 2M + 1 when W is even
+    if two:
+        s = s + _pick(g1[M], t1[M], c1_1)
+    gr[2 * M] = s
+    if 2 * M + 1 < W:
+        s = zero + _pick(g0[M], t0[M], c0_2)
+        if M + 1 < out_w:                                 # (ceil_mode: a last window from column W - 1)
+            s = s + _pick(g0[M + 1], t0[M + 1], c0_0)
         if two:
-            for j in range(c // 2, min((c + 1) // 2 + 1, out_w)):
-                if t1[j] == c1 + (c - 2 * j + 1):
-                    s = s + g1[j]
-        gr[c] = s
+            s = s + _pick(g1[M], t1[M], c1_2)
+            if M + 1 < out_w:
+                s = s + _pick(g1[M + 1], t1[M + 1], c1_0)
+        gr[2 * M + 1] = s
 
 
 cdef void _plane_backward_3x3s2p1(const floating* xp, const floating* gp, floating* gx, floating* best,
