@@ -1004,6 +1004,7 @@ def extremum_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
     cdef const floating* xp
     cdef const floating* nxt
     cdef floating* op
+    cdef bint k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw)
     if N * C == 0:
         return
     for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
@@ -1013,7 +1014,7 @@ def extremum_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
         if track:
             _plane_index(xp, op, &indices[0, 0, 0, 0] + plane * out_h * out_w, H, W, out_h, out_w,
                          kh, kw, sh, sw, ph, pw, dh, dw, minimum)
-        elif _has_nan(xp, H * W):
+        elif k2s2 or _has_nan(xp, H * W):
             if minimum:
                 _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt, <MinRule*> NULL)
             else:
