@@ -184,36 +184,25 @@ cdef extern from *:
        that a float comparison may trap, will not vectorise a loop with "t == code ? g : 0" in it. */
     #include <stdint.h>
     #include <string.h>
-    static inline float pl_pick_f32(float g, float t, float code) {
-        int32_t gi, ti, ci;
-        memcpy(&gi, &g, sizeof gi); memcpy(&ti, &t, sizeof ti); memcpy(&ci, &code, sizeof ci);
-        gi &= -(int32_t) (ti == ci);
-        memcpy(&g, &gi, sizeof g);
-        return g;
+    #define PL_BIT_SELECTS(SUFFIX, T, I) \
+    static inline T pl_pick_##SUFFIX(T g, T t, T code) { \
+        I gi, ti, ci; \
+        memcpy(&gi, &g, sizeof gi); memcpy(&ti, &t, sizeof ti); memcpy(&ci, &code, sizeof ci); \
+        gi &= -(I) (ti == ci); \
+        memcpy(&g, &gi, sizeof g); \
+        return g; \
+    } \
+    /* a if cond else b, without a branch (for a select on a data-dependent float comparison in scalar code, \
+       which GCC compiles to a branch that the CPU mispredicts about half the time) */ \
+    static inline T pl_sel_##SUFFIX(int cond, T a, T b) { \
+        I ai, bi, m = -(I) (cond != 0); \
+        memcpy(&ai, &a, sizeof ai); memcpy(&bi, &b, sizeof bi); \
+        ai = (ai & m) | (bi & ~m); \
+        memcpy(&a, &ai, sizeof a); \
+        return a; \
     }
-    static inline double pl_pick_f64(double g, double t, double code) {
-        int64_t gi, ti, ci;
-        memcpy(&gi, &g, sizeof gi); memcpy(&ti, &t, sizeof ti); memcpy(&ci, &code, sizeof ci);
-        gi &= -(int64_t) (ti == ci);
-        memcpy(&g, &gi, sizeof g);
-        return g;
-    }
-    /* a if cond else b, without a branch (for a select on a data-dependent float comparison in scalar code, which
-       GCC compiles to a branch that the CPU mispredicts about half the time) */
-    static inline float pl_sel_f32(int cond, float a, float b) {
-        int32_t ai, bi, m = -(int32_t) (cond != 0);
-        memcpy(&ai, &a, sizeof ai); memcpy(&bi, &b, sizeof bi);
-        ai = (ai & m) | (bi & ~m);
-        memcpy(&a, &ai, sizeof a);
-        return a;
-    }
-    static inline double pl_sel_f64(int cond, double a, double b) {
-        int64_t ai, bi, m = -(int64_t) (cond != 0);
-        memcpy(&ai, &a, sizeof ai); memcpy(&bi, &b, sizeof bi);
-        ai = (ai & m) | (bi & ~m);
-        memcpy(&a, &ai, sizeof a);
-        return a;
-    }
+    PL_BIT_SELECTS(f32, float, int32_t)
+    PL_BIT_SELECTS(f64, double, int64_t)
     /* 1 in the AVX2 build: SSE2 has no 64-bit integer compare, so the baseline build cannot vectorise pl_pick_f64 */
     #if defined(__AVX2__)
     #define PL_AVX2 1
@@ -2048,9 +2037,10 @@ cdef inline void _mean_cells(floating* op, const floating* xn, Py_ssize_t h0, Py
 
 cdef void _avg_nhwc_row(const floating* xn, floating* orow, const floating* drow, Py_ssize_t i, Py_ssize_t H,
                         Py_ssize_t W, Py_ssize_t C, Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                        Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
-    """Output row i of one NHWC image: ``orow`` (out_w, C) gets each window's sum divided by ``drow[j]``, through
-    the AVX2 loop where it is built (windows of at most ``_SCATTER_TAPS`` taps)."""
+                        Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, bint registers) noexcept nogil:
+    """Output row i of one NHWC image: ``orow`` (out_w, C) gets each window's sum divided by ``drow[j]``; with
+    ``registers``, through the AVX2 loop where it is built (windows of at most ``_SCATTER_TAPS`` taps), else
+    by whole-pixel passes (:func:`_mean_cells`)."""
     cdef Py_ssize_t j, a, b, c0, m, h0, w0, a_lo, a_hi, b_lo, b_hi
     cdef Py_ssize_t offs[_SCATTER_TAPS]                   # a window's real taps: offsets from the image's start
     cdef floating* op
@@ -2064,15 +2054,17 @@ cdef void _avg_nhwc_row(const floating* xn, floating* orow, const floating* drow
         b_hi = _tap_hi(w0, kw, 1, W)
         op = orow + j * C
         d = drow[j]
-        m = 0
-        for a in range(a_lo, a_hi):
-            for b in range(b_lo, b_hi):
-                offs[m] = ((h0 + a) * W + w0 + b) * C
-                m += 1
-        if floating is float:                             # channels [0, c0) are done (none in the baseline build)
-            c0 = pl_nhwc_mean_f32(op, xn, offs, m, C, d)
-        else:
-            c0 = pl_nhwc_mean_f64(op, xn, offs, m, C, d)
+        c0 = 0                                            # channels [0, c0) are done
+        if registers:
+            m = 0
+            for a in range(a_lo, a_hi):
+                for b in range(b_lo, b_hi):
+                    offs[m] = ((h0 + a) * W + w0 + b) * C
+                    m += 1
+            if floating is float:                         # (none in the baseline build)
+                c0 = pl_nhwc_mean_f32(op, xn, offs, m, C, d)
+            else:
+                c0 = pl_nhwc_mean_f64(op, xn, offs, m, C, d)
         if c0 < C:
             _mean_cells(op, xn, h0, w0, a_lo, a_hi, b_lo, b_hi, W, C, c0, d)
 
@@ -2082,7 +2074,7 @@ def avg_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
     """Average pooling of an NHWC batch ``x`` (N, H, W, C) into ``out`` (N, out_h, out_w, C)."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
-    cdef Py_ssize_t row, n, i, j, h0, w0, a_lo, a_hi, b_lo, b_hi
+    cdef Py_ssize_t row, n, i
     # Overlapping windows read their cells from the cache, and the AVX2 loop's sums in registers save a read and a
     # write of the output per tap. Windows side by side (stride >= size) read every cell once from memory, which
     # the plain loop's whole-pixel passes stream better (float64 4x4 stride-4 windows took 1.3-1.4x as long).
@@ -2092,18 +2084,8 @@ def avg_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
     for row in prange(N * out_h, nogil=True, schedule="guided", num_threads=num_threads):
         n = row // out_h
         i = row % out_h
-        if overlap:
-            _avg_nhwc_row(&x[n, 0, 0, 0], &out[n, i, 0, 0], &divisors[i, 0], i, H, W, C, out_w, kh, kw, sh, sw,
-                          ph, pw)
-            continue
-        h0 = i * sh - ph
-        a_lo = _tap_lo(h0, 1)
-        a_hi = _tap_hi(h0, kh, 1, H)
-        for j in range(out_w):
-            w0 = j * sw - pw
-            b_lo = _tap_lo(w0, 1)
-            b_hi = _tap_hi(w0, kw, 1, W)
-            _mean_cells(&out[n, i, j, 0], &x[n, 0, 0, 0], h0, w0, a_lo, a_hi, b_lo, b_hi, W, C, 0, divisors[i, j])
+        _avg_nhwc_row(&x[n, 0, 0, 0], &out[n, i, 0, 0], &divisors[i, 0], i, H, W, C, out_w, kh, kw, sh, sw, ph, pw,
+                      overlap)
 
 
 def avg_backward_nhwc(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_x,
