@@ -203,7 +203,8 @@ cdef extern from *:
     }
     PL_BIT_SELECTS(f32, float, int32_t)
     PL_BIT_SELECTS(f64, double, int64_t)
-    /* 1 in the AVX2 build: SSE2 has no 64-bit integer compare, so the baseline build cannot vectorise pl_pick_f64 */
+    /* 1 in the AVX2 build. Two loops run in that build only, because GCC 12 leaves them scalar for SSE2: the NCHW
+       3x3 stride-2 gather (pl_pick_f64 needs a 64-bit integer compare, which SSE2 lacks) and pl_grad_2x2_*. */
     #if defined(__AVX2__)
     #define PL_AVX2 1
     #else
@@ -1171,17 +1172,17 @@ cdef inline void _gather_3x3s2(floating* gr, Py_ssize_t W, Py_ssize_t out_w, con
     window that the cell does not win changes nothing (the sum is never -0.0), so these are the bits of the
     scatter ``gx[winner] += g`` over a zeroed row."""
     cdef Py_ssize_t m, M = (W - 1) // 2                   # out_w > M: window M exists (padding 1)
-    cdef floating s, zero = 0, c0_0 = c0, c0_1 = c0 + 1, c0_2 = c0 + 2, c1_0 = c1, c1_1 = c1 + 1, c1_2 = c1 + 2
+    cdef floating s, zero = 0, c0_1 = c0 + 1, c0_2 = c0 + 2, c1_1 = c1 + 1, c1_2 = c1 + 2
     for m in range(M):                                    # cells 2m and 2m + 1 < W - 1: windows m and m + 1
         s = zero + _pick(g0[m], t0[m], c0_1)
         if two:
             s = s + _pick(g1[m], t1[m], c1_1)
         gr[2 * m] = s
         s = zero + _pick(g0[m], t0[m], c0_2)
-        s = s + _pick(g0[m + 1], t0[m + 1], c0_0)
+        s = s + _pick(g0[m + 1], t0[m + 1], c0)
         if two:
             s = s + _pick(g1[m], t1[m], c1_2)
-            s = s + _pick(g1[m + 1], t1[m + 1], c1_0)
+            s = s + _pick(g1[m + 1], t1[m + 1], c1)
         gr[2 * m + 1] = s
     s = zero + _pick(g0[M], t0[M], c0_1)                  # the row's end: cell 2M, then 2M + 1 when W is even
     if two:
@@ -1190,11 +1191,11 @@ cdef inline void _gather_3x3s2(floating* gr, Py_ssize_t W, Py_ssize_t out_w, con
     if 2 * M + 1 < W:
         s = zero + _pick(g0[M], t0[M], c0_2)
         if M + 1 < out_w:                                 # (ceil_mode: a last window from column W - 1)
-            s = s + _pick(g0[M + 1], t0[M + 1], c0_0)
+            s = s + _pick(g0[M + 1], t0[M + 1], c0)
         if two:
             s = s + _pick(g1[M], t1[M], c1_2)
             if M + 1 < out_w:
-                s = s + _pick(g1[M + 1], t1[M + 1], c1_0)
+                s = s + _pick(g1[M + 1], t1[M + 1], c1)
         gr[2 * M + 1] = s
 
 
