@@ -23,7 +23,12 @@ It times max and average pooling, forward and forward+backward, float32 and floa
 "forward+backward" is what a user calls: ``max_pool2d(x, ...)`` then ``max_pool2d_backward(grad_out, x, ...)``
 (``avg_pool2d`` and ``avg_pool2d_backward`` likewise), against PyTorch's forward on a tensor that requires a
 gradient followed by ``.backward(grad_out)``. Every time is the median over ``repeats`` interleaved rounds (each
-round calls every implementation once, so a busy machine slows them all alike). The Cython tier and PyTorch run
+round calls every implementation once, so a busy machine slows them all alike). Before every timed call the
+benchmark reads a buffer of ``flush_mb`` MiB (default ``FLUSH_MB``, 128), larger than the CPU's caches, so that
+every call starts with its input in main memory. Without it, each implementation would start from whatever the call
+before it in the round left in the last-level cache: on the machine of the README the NCHW kernel, timed right after
+another call had read the same float32 input, took 1.3 ms for its 2x2 forward, and 2.5 ms after a call that had
+read 192 MiB of other data. The Cython tier and PyTorch run
 on each thread count asked for; the others are single-threaded. A derived row ``memory-limit`` is the copy time
 scaled to the bytes the pooling pass must read and write (``x`` and the output forward; for the backward also
 ``grad_out`` and ``grad_x``, and ``x`` again for max pooling): no implementation can beat it by much.
@@ -31,7 +36,7 @@ scaled to the bytes the pooling pass must read and write (``x`` and the output f
 API
 ---
 ``run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), passes=("forward", "forward+backward"),
-dtypes=("float32", "float64"), configs=("k2 s2", "k3 s2 p1"), impls=IMPLS, progress=True)``
+dtypes=("float32", "float64"), configs=("k2 s2", "k3 s2 p1"), impls=IMPLS, progress=True, flush_mb=FLUSH_MB)``
     Time everything; returns a list of dicts, one per measurement, with the keys ``impl, layout, op, pass,
     dtype, config, threads, shape, time_ms`` (the median; for ``naive`` already scaled to ``shape``),
     ``min_ms, repeats, measured_shape, scale``. ``configs`` may also be a dict ``{name: {"kernel_size": ...,
@@ -50,7 +55,7 @@ dtypes=("float32", "float64"), configs=("k2 s2", "k3 s2 p1"), impls=IMPLS, progr
     A matplotlib Figure of the times (one panel per operation and pass, bars per implementation, log scale);
     saved as PNG when ``path`` is given. It uses no pyplot state, so it works the same in a notebook.
 ``main(argv=None)``
-    The command: ``--shape N C H W``, ``--threads 1 2``, ``--repeats``, ``--quick`` (a tiny shape and two
+    The command: ``--shape N C H W``, ``--threads 1 2``, ``--repeats``, ``--flush-mb``, ``--quick`` (a tiny shape and two
     rounds, for smoke tests), ``--out DIR`` (default ``bench-results/``: ``times.csv``, ``ratios.csv``,
     ``times.png``), ``--dtypes``, ``--ops``, ``--passes``, ``--impls``, ``--no-plot``. Progress goes to stderr.
 
@@ -86,6 +91,7 @@ CONFIGS = {
 }
 IMPLS = ("naive", "numpy", "cython", "cython-nhwc", "torch", "torch-channels_last", "copy")
 _LAYOUT = {"cython-nhwc": "NHWC", "torch-channels_last": "NHWC"}
+FLUSH_MB = 128  # read before every timed call; on the README's machine, times stop changing above 64 MiB
 NAIVE_PLANES = 2  # the naive tier runs on (1, NAIVE_PLANES, H, W) and is scaled to the full batch
 
 # (name, numerator impl, denominator impl, op, pass, threads (num, den), goal text, test)
@@ -214,6 +220,13 @@ def _threaded_copy(x, n_threads, cython_tier):
     return call
 
 
+def _evict(sweep):
+    """Read ``sweep`` (a buffer larger than the caches, or None for no eviction), so that the next call finds
+    its input in main memory and not in a cache warmed by whatever ran before it."""
+    if sweep is not None:
+        sweep.sum()
+
+
 def _bytes_moved(op, pass_, x_bytes, out_bytes):
     """Bytes a pooling pass must read and write, at the least."""
     forward = x_bytes + out_bytes  # read x, write out
@@ -226,12 +239,15 @@ def _bytes_moved(op, pass_, x_bytes, out_bytes):
 
 
 def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), passes=("forward", "forward+backward"),
-        dtypes=("float32", "float64"), configs=tuple(CONFIGS), impls=IMPLS, progress=True):
+        dtypes=("float32", "float64"), configs=tuple(CONFIGS), impls=IMPLS, progress=True, flush_mb=FLUSH_MB):
     """Time every implementation; see the module docstring. Returns a list of dict rows."""
     shape = tuple(int(s) for s in shape)
     N, C, H, W = shape
     threads = tuple(int(t) for t in threads)
     repeats = max(1, int(repeats))
+    if int(flush_mb) < 0:
+        raise ValueError(f"flush_mb must be >= 0 (MiB read before each timed call; 0: none), got {flush_mb}")
+    sweep = np.ones(int(flush_mb) * 2**20 // 8) if int(flush_mb) > 0 else None
     impls = tuple(impls)
     configs = _configs(configs)
     unknown = [i for i in impls if i not in IMPLS]
@@ -298,6 +314,7 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
                         call()
                 for _ in range(repeats):
                     for impl, call in calls.items():
+                        _evict(sweep)
                         t0 = time.perf_counter()
                         call()
                         times[impl].append(time.perf_counter() - t0)
@@ -492,6 +509,8 @@ def main(argv=None):
     parser.add_argument("--threads", nargs="+", type=int, default=None,
                         help="thread counts for the Cython tier and PyTorch (default: 1 2, or 1 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds per measurement (default 7)")
+    parser.add_argument("--flush-mb", type=int, default=FLUSH_MB,
+                        help=f"MiB read before each timed call to empty the caches (default {FLUSH_MB}; 0: none)")
     parser.add_argument("--quick", action="store_true", help="tiny shape, two rounds: a smoke test")
     parser.add_argument("--out", default="bench-results", help="directory for times.csv, ratios.csv, times.png")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
@@ -513,7 +532,7 @@ def main(argv=None):
         return subprocess.call([sys.executable, "-m", "pooling_lib.bench", *argv], env=env)
     repeats = args.repeats or (2 if args.quick else 7)
     rows = run(shape=shape, threads=threads, repeats=repeats, ops=args.ops, passes=args.passes, dtypes=args.dtypes,
-               impls=args.impls, progress=True)
+               impls=args.impls, progress=True, flush_mb=args.flush_mb)
     ratio_rows = ratios(rows)
     os.makedirs(args.out, exist_ok=True)
     write_csv(rows, os.path.join(args.out, "times.csv"))

@@ -118,3 +118,20 @@ def _has_torch():
     except ImportError:
         return False
     return True
+
+
+def test_every_timed_call_starts_after_a_cache_sweep(monkeypatch):
+    sweeps = []
+    monkeypatch.setattr(bench, "_evict", lambda sweep: sweeps.append(None if sweep is None else sweep.nbytes))
+    bench.run(shape=(1, 2, 8, 8), repeats=3, ops=("max",), passes=("forward",), dtypes=("float64",),
+              configs=("k2 s2",), impls=("numpy", "copy"), progress=False, flush_mb=1)
+    assert sweeps == [2**20] * (3 * 2)   # 3 rounds of 2 implementations, 1 MiB each
+    sweeps.clear()
+    bench.run(shape=(1, 2, 8, 8), repeats=2, ops=("max",), passes=("forward",), dtypes=("float64",),
+              configs=("k2 s2",), impls=("numpy",), progress=False, flush_mb=0)
+    assert sweeps == [None, None]
+
+
+def test_negative_flush_size_is_refused():
+    with pytest.raises(ValueError, match="flush_mb must be >= 0"):
+        bench.run(shape=(1, 2, 8, 8), repeats=1, impls=("numpy",), progress=False, flush_mb=-1)
