@@ -560,6 +560,28 @@ cdef inline void _prefetch_part(const floating* nxt, Py_ssize_t n, Py_ssize_t pa
         PL_PREFETCH(c + k)
 
 
+cdef enum:
+    PF_AHEAD = 2   # window rows ahead that a forward loop prefetches (4 measured no better)
+
+
+cdef inline void _prefetch_span(const floating* base, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t limit) noexcept nogil:
+    """Ask the CPU to start loading base[lo .. hi-1], cut at base[limit - 1], into the cache.
+
+    The forward loops over NCHW planes read their input as one sequential stream, and on a cold cache one core's
+    hardware prefetcher does not keep enough loads in flight for it: the 2x2 max forward, timed after reading
+    128 MiB of other data, took 0.82x its time when each output row first asked for the input rows two window
+    rows further on (0.84-0.90x for the average forward). ``limit``: the end of the input the loop may touch
+    (this plane, or this and the next), so that no address beyond the array is formed. The backward, which
+    already reads two streams and writes a third, ran 1.13-1.15x slower with the same prefetch and does
+    without it."""
+    cdef const char* c = <const char*> base
+    cdef Py_ssize_t k
+    if hi > limit:
+        hi = limit
+    for k in range(lo * <Py_ssize_t> sizeof(floating), hi * <Py_ssize_t> sizeof(floating), 64):
+        PL_PREFETCH(c + k)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Geometry helpers
 
@@ -939,11 +961,13 @@ cdef inline void _plane_vals_body(const floating* xp, floating* op, Py_ssize_t H
                                   Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                                   Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, const floating* nxt,
                                   rule_t* rule) noexcept nogil:
-    """The loop of :func:`_plane_vals` (the 2x2 stride-2 loop, light enough to keep up with memory, ran slower with
-    the prefetch and does without it)."""
+    """The loop of :func:`_plane_vals`. The 2x2 stride-2 loop prefetches two window rows ahead
+    (:func:`_prefetch_span`); the others prefetch the next plane in parts, for its NaN scan."""
     cdef Py_ssize_t i, jl, jh
     if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw):
         for i in range(out_h):
+            _prefetch_span(xp, (2 * i + 2 * PF_AHEAD) * W, (2 * i + 2 * PF_AHEAD + 2) * W,
+                           (2 if nxt != NULL else 1) * H * W)
             _fold_2x2(op + i * out_w, xp + 2 * i * W, xp + (2 * i + 1) * W, out_w, rule)
         return
     _interior(out_w, kw, sw, pw, dw, W, &jl, &jh)
@@ -1892,6 +1916,8 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
             xp = &x[0, 0, 0, 0] + plane * H * W
             op = &out[0, 0, 0, 0] + plane * out_h * out_w
             for i in range(out_h):
+                _prefetch_span(xp, (2 * i + 2 * PF_AHEAD) * W, (2 * i + 2 * PF_AHEAD + 2) * W,
+                               (2 if plane + 1 < N * C else 1) * H * W)
                 r0 = xp + 2 * i * W
                 r1 = r0 + W
                 dv = &divisors[i, 0]
@@ -1910,6 +1936,8 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
             op = &out[0, 0, 0, 0] + (plane * out_h + i) * out_w
             dv = &divisors[i, 0]
             h0 = i * sh - ph
+            _prefetch_span(xp, max(h0 + kh + (PF_AHEAD - 1) * sh, 0) * W, max(h0 + kh + PF_AHEAD * sh, 0) * W,
+                           (2 if plane + 1 < N * C else 1) * H * W)
             a_lo = _tap_lo(h0, 1)
             a_hi = _tap_hi(h0, kh, 1, H)
             if kh == 3 and kw == 3 and (sw == 1 or sw == 2) and a_hi - a_lo == 3:
