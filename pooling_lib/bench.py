@@ -27,7 +27,7 @@ round calls every implementation once, so a busy machine slows them all alike). 
 benchmark reads a buffer of ``flush_mb`` MiB (default ``FLUSH_MB``, 128), larger than the CPU's caches, so that
 every call starts with its input in main memory. Without it, each implementation would start from whatever the call
 before it in the round left in the last-level cache: on the machine of the README the NCHW kernel, timed right after
-another call had read the same float32 input, took 1.3 ms for its 2x2 forward, and 2.5 ms after a call that had
+another call had read the same float32 input, took 1.4 ms for its 2x2 forward, and 2.1 ms after a call that had
 read 192 MiB of other data. The Cython tier and PyTorch run
 on each thread count asked for; the others are single-threaded. A derived row ``memory-limit`` is the copy time
 scaled to the bytes the pooling pass must read and write (``x`` and the output forward; for the backward also
