@@ -24,8 +24,8 @@ It times max and average pooling, forward and forward+backward, float32 and floa
 (``avg_pool2d`` and ``avg_pool2d_backward`` likewise), against PyTorch's forward on a tensor that requires a
 gradient followed by ``.backward(grad_out)``. Every time is the median over ``repeats`` interleaved rounds (each
 round calls every implementation once, so a busy machine slows them all alike). Before every timed call the
-benchmark reads a buffer of ``flush_mb`` MiB (default ``FLUSH_MB``, 128), larger than the CPU's caches, so that
-every call starts with its input in main memory. Without it, each implementation would start from whatever the call
+benchmark reads a buffer of ``flush_mb`` MiB (default ``FLUSH_MB``, 128), larger than the CPU's caches, twice
+over in chunks (see ``_evict``), so that every call starts with its input in main memory. Without it, each implementation would start from whatever the call
 before it in the round left in the last-level cache: on the machine of the README the NCHW kernel, timed right after
 another call had read the same float32 input, took 1.4 ms for its 2x2 forward, and 2.1 ms after a call that had
 read 192 MiB of other data. The Cython tier and PyTorch run
@@ -42,7 +42,7 @@ dtypes=("float32", "float64"), configs=("k2 s2", "k3 s2 p1"), impls=IMPLS, progr
     ``min_ms, repeats, measured_shape, scale``. ``configs`` may also be a dict ``{name: {"kernel_size": ...,
     "stride": ..., "padding": ...}}``. On a small shape, e.g. ``run(shape=(8, 16, 56, 56),
     dtypes=("float32",))``, it takes a few seconds (about 3 s on the 2-core machine where it was written; the
-    full default run of ``main()``, both dtypes and 1 and 2 threads, took about 40 s there).
+    full default run of ``main()``, both dtypes and 1 and 2 threads, took about 50 s there).
 ``ratios(rows)``
     The project's speed goals as named ratios, for every dtype and configuration timed: a list of dicts
     ``name, dtype, config, value, goal, passed`` (``passed`` is None when an operand was not timed).
@@ -91,7 +91,7 @@ CONFIGS = {
 }
 IMPLS = ("naive", "numpy", "cython", "cython-nhwc", "torch", "torch-channels_last", "copy")
 _LAYOUT = {"cython-nhwc": "NHWC", "torch-channels_last": "NHWC"}
-FLUSH_MB = 128  # read before every timed call; on the README's machine, times stop changing above 64 MiB
+FLUSH_MB = 128  # MiB read (twice, in chunks) before every timed call; see _evict
 NAIVE_PLANES = 2  # the naive tier runs on (1, NAIVE_PLANES, H, W) and is scaled to the full batch
 
 # (name, numerator impl, denominator impl, op, pass, threads (num, den), goal text, test)
@@ -220,11 +220,26 @@ def _threaded_copy(x, n_threads, cython_tier):
     return call
 
 
+_EVICT_CHUNK = 8 * 2**20  # bytes: more than a core's own (L2) cache, so the second read of a chunk is served by the
+# shared last-level cache
+
+
 def _evict(sweep):
     """Read ``sweep`` (a buffer larger than the caches, or None for no eviction), so that the next call finds
-    its input in main memory and not in a cache warmed by whatever ran before it."""
-    if sweep is not None:
-        sweep.sum()
+    its input in main memory and not in a cache warmed by whatever ran before it.
+
+    Each chunk is read twice in a row. A last-level cache that resists streaming keeps a line read twice ahead
+    of lines read once, and one plain pass over 128 MiB left behind the lines a call had read twice (a NaN scan,
+    then the windows): on the README's machine the float64 3x3 max forward took 4.0-4.4 ms after such a call
+    and one pass, against 5.8 ms when nothing had read its input; with each chunk read twice, 5.8 ms both
+    ways."""
+    if sweep is None:
+        return
+    step = _EVICT_CHUNK // sweep.itemsize
+    for start in range(0, sweep.size, step):
+        chunk = sweep[start:start + step]
+        chunk.sum()
+        chunk.sum()
 
 
 def _bytes_moved(op, pass_, x_bytes, out_bytes):
@@ -510,7 +525,7 @@ def main(argv=None):
                         help="thread counts for the Cython tier and PyTorch (default: 1 2, or 1 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds per measurement (default 7)")
     parser.add_argument("--flush-mb", type=int, default=FLUSH_MB,
-                        help=f"MiB read before each timed call to empty the caches (default {FLUSH_MB}; 0: none)")
+                        help=f"MiB read (twice) before each timed call to empty the caches (default {FLUSH_MB}; 0: none)")
     parser.add_argument("--quick", action="store_true", help="tiny shape, two rounds: a smoke test")
     parser.add_argument("--out", default="bench-results", help="directory for times.csv, ratios.csv, times.png")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
