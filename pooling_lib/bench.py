@@ -41,7 +41,7 @@ dtypes=("float32", "float64"), configs=("k2 s2", "k3 s2 p1"), impls=IMPLS, progr
     dtype, config, threads, shape, time_ms`` (the median; for ``naive`` already scaled to ``shape``),
     ``min_ms, repeats, measured_shape, scale``. ``configs`` may also be a dict ``{name: {"kernel_size": ...,
     "stride": ..., "padding": ...}}``. On a small shape, e.g. ``run(shape=(8, 16, 56, 56),
-    dtypes=("float32",))``, it takes a few seconds (about 3 s on the 2-core machine where it was written; the
+    dtypes=("float32",))``, it takes about 9 s (on the 2-core machine of the README; most of it empties the caches; the
     full default run of ``main()``, both dtypes and 1 and 2 threads, took about 50 s there).
 ``ratios(rows)``
     The project's speed goals as named ratios, for every dtype and configuration timed: a list of dicts
