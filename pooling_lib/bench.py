@@ -25,13 +25,13 @@ It times max and average pooling, forward and forward+backward, float32 and floa
 gradient followed by ``.backward(grad_out)``. Every time is the median over ``repeats`` interleaved rounds (each
 round calls every implementation once, so a busy machine slows them all alike). Before every timed call the
 benchmark reads a buffer of ``flush_mb`` MiB (default ``FLUSH_MB``, 128), larger than the CPU's caches, twice
-over in chunks (see ``_evict``), so that every call starts with its input in main memory. Without it, each implementation would start from whatever the call
-before it in the round left in the last-level cache: on the machine of the README the NCHW kernel, timed right after
-another call had read the same float32 input, took 1.4 ms for its 2x2 forward, and 2.1 ms after a call that had
-read 192 MiB of other data. The Cython tier and PyTorch run
-on each thread count asked for; the others are single-threaded. A derived row ``memory-limit`` is the copy time
-scaled to the bytes the pooling pass must read and write (``x`` and the output forward; for the backward also
-``grad_out`` and ``grad_x``, and ``x`` again for max pooling): no implementation can beat it by much.
+over in chunks (see ``_evict``), so that every call starts with its input in main memory. Without it, each
+implementation would start from whatever the call before it in the round left in the last-level cache: on the
+machine of the README the NCHW kernel, timed right after another call had read the same float32 input, took
+1.4 ms for its 2x2 forward, and 2.1 ms after a call that had read 192 MiB of other data. The Cython tier and
+PyTorch run on each thread count asked for; the others are single-threaded. A derived row ``memory-limit`` is the
+copy time scaled to the bytes the pooling pass must read and write (``x`` and the output forward; for the backward
+also ``grad_out`` and ``grad_x``, and ``x`` again for max pooling): no implementation can beat it by much.
 
 API
 ---
@@ -41,8 +41,8 @@ dtypes=("float32", "float64"), configs=("k2 s2", "k3 s2 p1"), impls=IMPLS, progr
     dtype, config, threads, shape, time_ms`` (the median; for ``naive`` already scaled to ``shape``),
     ``min_ms, repeats, measured_shape, scale``. ``configs`` may also be a dict ``{name: {"kernel_size": ...,
     "stride": ..., "padding": ...}}``. On a small shape, e.g. ``run(shape=(8, 16, 56, 56),
-    dtypes=("float32",))``, it takes about 9 s (on the 2-core machine of the README; most of it empties the caches; the
-    full default run of ``main()``, both dtypes and 1 and 2 threads, took about 50 s there).
+    dtypes=("float32",))``, it takes about 9 s (on the 2-core machine of the README, most of it emptying the
+    caches; the full default run of ``main()``, both dtypes and 1 and 2 threads, took about 50 s there).
 ``ratios(rows)``
     The project's speed goals as named ratios, for every dtype and configuration timed: a list of dicts
     ``name, dtype, config, value, goal, passed`` (``passed`` is None when an operand was not timed).
@@ -55,9 +55,10 @@ dtypes=("float32", "float64"), configs=("k2 s2", "k3 s2 p1"), impls=IMPLS, progr
     A matplotlib Figure of the times (one panel per operation and pass, bars per implementation, log scale);
     saved as PNG when ``path`` is given. It uses no pyplot state, so it works the same in a notebook.
 ``main(argv=None)``
-    The command: ``--shape N C H W``, ``--threads 1 2``, ``--repeats``, ``--flush-mb``, ``--quick`` (a tiny shape and two
-    rounds, for smoke tests), ``--out DIR`` (default ``bench-results/``: ``times.csv``, ``ratios.csv``,
-    ``times.png``), ``--dtypes``, ``--ops``, ``--passes``, ``--impls``, ``--no-plot``. Progress goes to stderr.
+    The command: ``--shape N C H W``, ``--threads 1 2``, ``--repeats``, ``--flush-mb``, ``--quick`` (a tiny
+    shape and two rounds, for smoke tests), ``--out DIR`` (default ``bench-results/``: ``times.csv``,
+    ``ratios.csv``, ``times.png``), ``--dtypes``, ``--ops``, ``--passes``, ``--impls``, ``--no-plot``. Progress
+    goes to stderr.
 
 Threads: an idle OpenMP thread spins for milliseconds before it sleeps, and with two OpenMP runtimes in one
 process (ours and PyTorch's) the spinning threads of one slow the other down. ``main()`` therefore runs the
@@ -525,7 +526,8 @@ def main(argv=None):
                         help="thread counts for the Cython tier and PyTorch (default: 1 2, or 1 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds per measurement (default 7)")
     parser.add_argument("--flush-mb", type=int, default=FLUSH_MB,
-                        help=f"MiB read (twice) before each timed call to empty the caches (default {FLUSH_MB}; 0: none)")
+                        help=f"MiB read (twice) before each timed call to empty the caches "
+                             f"(default {FLUSH_MB}; 0: none)")
     parser.add_argument("--quick", action="store_true", help="tiny shape, two rounds: a smoke test")
     parser.add_argument("--out", default="bench-results", help="directory for times.csv, ratios.csv, times.png")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
