@@ -561,27 +561,31 @@ cdef inline void _prefetch_part(const floating* nxt, Py_ssize_t n, Py_ssize_t pa
 
 
 cdef enum:
-    PF_AHEAD = 2   # window rows ahead that a forward loop prefetches (4 measured no better)
+    PF_AHEAD = 2   # window rows ahead that the NCHW loops prefetch (4 measured no better)
 
 
-cdef inline void _prefetch_span(const floating* base, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t limit) noexcept nogil:
-    """Ask the CPU to start loading base[lo .. hi-1], cut at base[limit - 1], into the cache.
+cdef inline void _prefetch_rows(const floating* base, Py_ssize_t r_lo, Py_ssize_t r_hi, Py_ssize_t W,
+                                Py_ssize_t rows) noexcept nogil:
+    """Ask the CPU to start loading rows r_lo .. r_hi-1 (``W`` values each, row 0 at ``base``) into the cache,
+    keeping to rows 0 .. rows-1: the part of the array the loop may touch (a plane, or a plane and the next), so
+    that no address beyond it is formed.
 
-    The forward loops over NCHW planes read their input as one sequential stream, and on a cold cache one core's
-    hardware prefetcher does not keep enough loads in flight for it: the 2x2 max forward, timed after reading
-    128 MiB of other data, took 0.82x its time when each output row first asked for the input rows two window
-    rows further on (0.84-0.90x for the average forward). ``limit``: the end of the input the loop may touch
-    (this plane, or this and the next), so that no address beyond the array is formed.
+    The NCHW forward loops read their input as one sequential stream, and on a cold cache one core's hardware
+    prefetcher does not keep enough loads in flight for it: the 2x2 max forward, timed after reading 128 MiB of
+    other data, took 0.82x its time when each output row first asked for the input rows of the window row
+    ``PF_AHEAD`` further on (0.84-0.90x for the average forward).
 
     The NCHW max backward (2x2 stride 2, and 3x3 stride 2 padding 1) asks instead for the gradient rows it will
-    write two window rows further on: writing a line first reads it in, and those reads came one at a time. With
-    it the backward took 0.93-0.96x its time (2x2) and 0.88x (float32) and 0.93x (float64) for 3x3. Prefetching
-    its input as the forward does made the 2x2 backward 1.13-1.15x slower."""
+    write ``PF_AHEAD`` window rows further on: writing a line first reads it in, and those reads came one at a
+    time. With it the backward took 0.93-0.96x its time (2x2) and 0.88x (float32) and 0.93x (float64) for 3x3.
+    Prefetching its input as the forward does made the 2x2 backward 1.13-1.15x slower."""
     cdef const char* c = <const char*> base
     cdef Py_ssize_t k
-    if hi > limit:
-        hi = limit
-    for k in range(lo * <Py_ssize_t> sizeof(floating), hi * <Py_ssize_t> sizeof(floating), 64):
+    if r_lo < 0:
+        r_lo = 0
+    if r_hi > rows:
+        r_hi = rows
+    for k in range(r_lo * W * <Py_ssize_t> sizeof(floating), r_hi * W * <Py_ssize_t> sizeof(floating), 64):
         PL_PREFETCH(c + k)
 
 
@@ -965,12 +969,11 @@ cdef inline void _plane_vals_body(const floating* xp, floating* op, Py_ssize_t H
                                   Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, const floating* nxt,
                                   rule_t* rule) noexcept nogil:
     """The loop of :func:`_plane_vals`. The 2x2 stride-2 loop prefetches two window rows ahead
-    (:func:`_prefetch_span`); the others prefetch the next plane in parts, for its NaN scan."""
+    (:func:`_prefetch_rows`); the others prefetch the next plane in parts, for its NaN scan."""
     cdef Py_ssize_t i, jl, jh
     if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw):
         for i in range(out_h):
-            _prefetch_span(xp, (2 * i + 2 * PF_AHEAD) * W, (2 * i + 2 * PF_AHEAD + 2) * W,
-                           (2 if nxt != NULL else 1) * H * W)
+            _prefetch_rows(xp, 2 * (i + PF_AHEAD), 2 * (i + PF_AHEAD) + 2, W, (2 if nxt != NULL else 1) * H)
             _fold_2x2(op + i * out_w, xp + 2 * i * W, xp + (2 * i + 1) * W, out_w, rule)
         return
     _interior(out_w, kw, sw, pw, dw, W, &jl, &jh)
@@ -1162,7 +1165,7 @@ cdef inline void _plane_backward_body(const floating* xp, const floating* gp, fl
         if 2 * out_h < H or 2 * out_w < W:
             memset(gx, 0, H * W * sizeof(floating))       # rows or columns that no window covers
         for i in range(out_h):
-            _prefetch_span(gx, (2 * i + 2 * PF_AHEAD) * W, (2 * i + 2 * PF_AHEAD + 2) * W, H * W)
+            _prefetch_rows(gx, 2 * (i + PF_AHEAD), 2 * (i + PF_AHEAD) + 2, W, H)
             _winners_2x2(xp + 2 * i * W, xp + (2 * i + 1) * W, gp + i * out_w, gx + 2 * i * W,
                          gx + (2 * i + 1) * W, out_w, rule)
         return
@@ -1242,7 +1245,7 @@ cdef void _plane_backward_3x3s2p1(const floating* xp, const floating* gp, floati
     _interior(out_w, 3, 2, 1, 1, W, &jl, &jh)
     for i in range(out_h):
         _prefetch_part(nxt, H * W, i, out_h)
-        _prefetch_span(gx, (2 * i + 2 * PF_AHEAD - 1) * W, (2 * i + 2 * PF_AHEAD + 1) * W, H * W)
+        _prefetch_rows(gx, 2 * (i + PF_AHEAD) - 1, 2 * (i + PF_AHEAD) + 1, W, H)   # the rows it writes then
         _winner_row(xp, best, cur, i, H, W, out_w, 3, 3, 2, 2, 1, 1, 1, 1, jl, jh, rule)   # never empty here
         if i > 0:
             _gather_3x3s2(gx + (2 * i - 1) * W, W, out_w, prev, gp + (i - 1) * out_w, 2 * fw, cur, gp + i * out_w,
@@ -1921,8 +1924,7 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
             xp = &x[0, 0, 0, 0] + plane * H * W
             op = &out[0, 0, 0, 0] + plane * out_h * out_w
             for i in range(out_h):
-                _prefetch_span(xp, (2 * i + 2 * PF_AHEAD) * W, (2 * i + 2 * PF_AHEAD + 2) * W,
-                               (2 if plane + 1 < N * C else 1) * H * W)
+                _prefetch_rows(xp, 2 * (i + PF_AHEAD), 2 * (i + PF_AHEAD) + 2, W, (2 if plane + 1 < N * C else 1) * H)
                 r0 = xp + 2 * i * W
                 r1 = r0 + W
                 dv = &divisors[i, 0]
@@ -1941,8 +1943,8 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
             op = &out[0, 0, 0, 0] + (plane * out_h + i) * out_w
             dv = &divisors[i, 0]
             h0 = i * sh - ph
-            _prefetch_span(xp, max(h0 + kh + (PF_AHEAD - 1) * sh, 0) * W, max(h0 + kh + PF_AHEAD * sh, 0) * W,
-                           (2 if plane + 1 < N * C else 1) * H * W)
+            _prefetch_rows(xp, h0 + kh + (PF_AHEAD - 1) * sh, h0 + kh + PF_AHEAD * sh, W,   # new in row i + PF_AHEAD
+                           (2 if plane + 1 < N * C else 1) * H)
             a_lo = _tap_lo(h0, 1)
             a_hi = _tap_hi(h0, kh, 1, H)
             if kh == 3 and kw == 3 and (sw == 1 or sw == 2) and a_hi - a_lo == 3:
