@@ -261,9 +261,10 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
     N, C, H, W = shape
     threads = tuple(int(t) for t in threads)
     repeats = max(1, int(repeats))
-    if int(flush_mb) < 0:
+    flush_mb = int(flush_mb)
+    if flush_mb < 0:
         raise ValueError(f"flush_mb must be >= 0 (MiB read before each timed call; 0: none), got {flush_mb}")
-    sweep = np.ones(int(flush_mb) * 2**20 // 8) if int(flush_mb) > 0 else None
+    sweep = np.ones(flush_mb * 2**20 // 8) if flush_mb > 0 else None
     impls = tuple(impls)
     configs = _configs(configs)
     unknown = [i for i in impls if i not in IMPLS]
