@@ -60,12 +60,13 @@ dtypes=("float32", "float64"), configs=("k2 s2", "k3 s2 p1"), impls=IMPLS, progr
     ``ratios.csv``, ``times.png``), ``--dtypes``, ``--ops``, ``--passes``, ``--impls``, ``--no-plot``. Progress
     goes to stderr.
 
-Threads: an idle OpenMP thread spins for milliseconds before it sleeps, and with two OpenMP runtimes in one
-process (ours and PyTorch's) the spinning threads of one slow the other down. ``main()`` therefore runs the
-benchmark in a process started with ``OMP_WAIT_POLICY=PASSIVE`` when it times more than one thread (set the
-variable yourself to choose otherwise); ``run()`` sets it before it imports PyTorch, but the Cython tier's
-runtime has read it already when ``pooling_lib`` was imported, so for multi-thread timings from a notebook,
-start Jupyter with ``OMP_WAIT_POLICY=PASSIVE``.
+Threads: after a parallel loop, an OpenMP runtime keeps its idle threads spinning for a while, then puts them to
+sleep, and waking a sleeping thread costs every parallel loop that needs it again. Two runtimes share this process
+(the Cython tier's and PyTorch's own copy), and a thread of one that spins while the other times a call takes a core
+from it. ``main()`` therefore runs the benchmark with a short spin (``SPIN_ENV``; see ``_WAIT_POLICY_NOTE``) when
+it times more than one thread, unless ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` is set already;
+``run()`` sets it before it imports PyTorch, but the Cython tier's runtime has read its settings already when
+``pooling_lib`` was imported, so a notebook gets the runtime's default spin for the Cython tier.
 
 PyTorch and matplotlib are imported inside these functions only, never when ``pooling_lib`` is imported.
 """
@@ -139,8 +140,9 @@ def _say(progress, message):
 
 def _import_torch():
     if "torch" not in sys.modules:
-        # PyTorch's OpenMP runtime reads this when it loads: see _WAIT_POLICY_NOTE
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # PyTorch's OpenMP runtime reads these when it loads: see _WAIT_POLICY_NOTE
+        if not _spin_chosen(os.environ):
+            os.environ.update(SPIN_ENV)
     try:
         import torch
     except ImportError:
@@ -148,13 +150,27 @@ def _import_torch():
     return torch
 
 
+# How long an idle OpenMP thread spins before it sleeps: GNU libgomp counts spins, LLVM's runtime milliseconds.
+SPIN_ENV = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
+_SPIN_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
 _WAIT_POLICY_NOTE = (
-    "An OpenMP runtime keeps its idle threads spinning for milliseconds after each parallel region. Two runtimes "
-    "in one process (the Cython tier's and PyTorch's own copy) then steal each other's cores, and multi-thread "
-    "times become meaningless. Each runtime reads OMP_WAIT_POLICY once, when it loads; so main() re-runs the "
-    "benchmark in a fresh process with OMP_WAIT_POLICY=PASSIVE (unless it is already set), and run() sets it "
-    "before importing PyTorch."
+    "After a parallel loop an OpenMP runtime keeps its idle threads spinning, then puts them to sleep (GNU libgomp's "
+    "default spin lasted about 3.5 ms on the README's machine); waking a sleeping thread took 0.1-0.2 ms there, "
+    "paid by every parallel loop that finds it asleep. Every timed call comes after the cache sweep (about 17 ms "
+    "there), so the threads of the call before it, in either runtime (the Cython tier's or PyTorch's own copy), "
+    "have stopped spinning by the time it starts. The benchmark asks for a short spin, GOMP_SPINCOUNT=10000 and "
+    "KMP_BLOCKTIME=1 (about 0.3 ms there): long enough for one call's threads to stay awake from one of its parallel "
+    "loops to the next, as in a training loop, and far too short to reach into the next timed call. Each runtime "
+    "reads these variables once, when it loads; so main() re-runs the benchmark in a fresh process with them set "
+    "(unless OMP_WAIT_POLICY, GOMP_SPINCOUNT or KMP_BLOCKTIME is set already), and run() sets them before "
+    "importing PyTorch."
 )
+
+
+def _spin_chosen(env):
+    """True when ``env`` already says how idle OpenMP threads wait."""
+    return any(key in env for key in _SPIN_KEYS)
 
 
 def _configs(configs):
@@ -277,9 +293,9 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
         impls = tuple(i for i in impls if not i.startswith("cython"))
         _say(progress, "bench: the Cython tier is not built; timing the others")
     cython_tier = F.cython_tier if "cython" in F.available_backends() else None
-    if max(threads) > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        _say(progress, "bench: warning: OMP_WAIT_POLICY is not PASSIVE; multi-thread times may be distorted. "
-                       + _WAIT_POLICY_NOTE)
+    if max(threads) > 1 and not _spin_chosen(os.environ):
+        _say(progress, "bench: note: the Cython tier's OpenMP threads spin for the runtime's default time after "
+                       "each call. " + _WAIT_POLICY_NOTE)
     saved_cython_threads = cython_tier.get_num_threads() if cython_tier is not None else None
     saved_torch_threads = torch.get_num_threads() if torch is not None else None
     rng = np.random.default_rng(0)
@@ -541,12 +557,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     shape = args.shape or ((2, 4, 16, 16) if args.quick else (32, 64, 56, 56))
     threads = args.threads or ([1] if args.quick else [1, 2])
-    if max(threads) > 1 and "OMP_WAIT_POLICY" not in os.environ:
+    if max(threads) > 1 and not _spin_chosen(os.environ):
         import subprocess
 
-        print("bench: re-running with OMP_WAIT_POLICY=PASSIVE (see pooling_lib.bench._WAIT_POLICY_NOTE)",
-              file=sys.stderr, flush=True)
-        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+        print("bench: re-running with " + " ".join(f"{k}={v}" for k, v in SPIN_ENV.items())
+              + " (see pooling_lib.bench._WAIT_POLICY_NOTE)", file=sys.stderr, flush=True)
+        env = dict(os.environ, **SPIN_ENV)
         return subprocess.call([sys.executable, "-m", "pooling_lib.bench", *argv], env=env)
     repeats = args.repeats or (2 if args.quick else 7)
     rows = run(shape=shape, threads=threads, repeats=repeats, ops=args.ops, passes=args.passes, dtypes=args.dtypes,

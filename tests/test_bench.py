@@ -135,3 +135,37 @@ def test_every_timed_call_starts_after_a_cache_sweep(monkeypatch):
 def test_negative_flush_size_is_refused():
     with pytest.raises(ValueError, match="flush_mb must be >= 0"):
         bench.run(shape=(1, 2, 8, 8), repeats=1, impls=("numpy",), progress=False, flush_mb=-1)
+
+
+def test_main_reruns_itself_with_a_short_openmp_spin(monkeypatch, tmp_path):
+    """Multi-thread timings need to know how idle OpenMP threads wait (``bench._WAIT_POLICY_NOTE``): ``main()``
+    re-runs itself with ``SPIN_ENV`` when none of the variables is set, and leaves a user's own choice alone."""
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    for key in bench._SPIN_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    argv = ["--quick", "--threads", "1", "2", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    assert len(calls) == 1
+    cmd, env = calls[0]
+    assert cmd[1:] == ["-m", "pooling_lib.bench", *argv]
+    assert {k: env[k] for k in bench.SPIN_ENV} == bench.SPIN_ENV
+
+    class Ran(Exception):
+        pass
+
+    def run(**kwargs):
+        raise Ran(kwargs["threads"])
+
+    monkeypatch.setattr(bench, "run", run)
+    for key in bench._SPIN_KEYS:
+        monkeypatch.setenv(key, "PASSIVE" if key == "OMP_WAIT_POLICY" else "1")
+        with pytest.raises(Ran):            # runs here, with the user's setting: no second process
+            bench.main(argv)
+        monkeypatch.delenv(key)
+    assert len(calls) == 1
+    with pytest.raises(Ran):                # one thread: nothing to wait for, no second process
+        bench.main(["--quick", "--out", str(tmp_path)])
+    assert len(calls) == 1
