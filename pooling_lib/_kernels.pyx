@@ -141,7 +141,8 @@ cdef extern from *:
        gradient cells q0 (row p0) and q1 (row p1) get 0 + g[c] at the winner and +0 at the other three cells, as a
        scatter into a zeroed gradient would. The rule handles NaN (a NaN tap wins, the last one taking), as
        _winners_2x2 does. __restrict, and a function of its own (inlined into its caller, GCC 12 loses the
-       __restrict): otherwise GCC cannot prove the nine streams apart and keeps the loop scalar, with a branch per tap. */
+       __restrict): otherwise GCC cannot prove the nine streams apart and keeps the loop scalar, with a branch per
+       tap. */
     #define PL_GRAD_2X2_LOOP(T, BETTER) \
         for (c = 0; c < C; c++) { \
             T b = p0[c], v1 = p0[C + c], v2 = p1[c], v3 = p1[C + c], gz; \
@@ -163,8 +164,8 @@ cdef extern from *:
     #define PL_NOINLINE
     #endif
     #define PL_GRAD_2X2(NAME, T) \
-    static PL_NOINLINE void NAME(const T* __restrict p0, const T* __restrict p1, const T* __restrict g, T* __restrict q0, \
-                     T* __restrict q1, Py_ssize_t C, int minimum) { \
+    static PL_NOINLINE void NAME(const T* __restrict p0, const T* __restrict p1, const T* __restrict g, \
+                                 T* __restrict q0, T* __restrict q1, Py_ssize_t C, int minimum) { \
         const T zero = 0; \
         Py_ssize_t c; \
         if (minimum) { PL_GRAD_2X2_LOOP(T, <) } else { PL_GRAD_2X2_LOOP(T, >) } \
@@ -971,9 +972,10 @@ cdef inline void _plane_vals_body(const floating* xp, floating* op, Py_ssize_t H
     """The loop of :func:`_plane_vals`. The 2x2 stride-2 loop prefetches two window rows ahead
     (:func:`_prefetch_rows`); the others prefetch the next plane in parts, for its NaN scan."""
     cdef Py_ssize_t i, jl, jh
+    cdef Py_ssize_t reach = (2 if nxt != NULL else 1) * H    # rows the prefetch may touch: this plane and the next
     if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw):
         for i in range(out_h):
-            _prefetch_rows(xp, 2 * (i + PF_AHEAD), 2 * (i + PF_AHEAD) + 2, W, (2 if nxt != NULL else 1) * H)
+            _prefetch_rows(xp, 2 * (i + PF_AHEAD), 2 * (i + PF_AHEAD) + 2, W, reach)
             _fold_2x2(op + i * out_w, xp + 2 * i * W, xp + (2 * i + 1) * W, out_w, rule)
         return
     _interior(out_w, kw, sw, pw, dw, W, &jl, &jh)
@@ -1910,7 +1912,7 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
     """Average pooling of a C-contiguous NCHW batch."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
-    cdef Py_ssize_t plane, i, j, a, b, h, h0, off, a_lo, a_hi, j_lo, j_hi, jl, jh
+    cdef Py_ssize_t plane, i, j, a, b, h, h0, off, a_lo, a_hi, j_lo, j_hi, jl, jh, reach
     cdef const floating* xp
     cdef const floating* r0
     cdef const floating* r1
@@ -1923,8 +1925,9 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
         for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
             xp = &x[0, 0, 0, 0] + plane * H * W
             op = &out[0, 0, 0, 0] + plane * out_h * out_w
+            reach = (2 if plane + 1 < N * C else 1) * H    # rows the prefetch may touch: this plane and the next
             for i in range(out_h):
-                _prefetch_rows(xp, 2 * (i + PF_AHEAD), 2 * (i + PF_AHEAD) + 2, W, (2 if plane + 1 < N * C else 1) * H)
+                _prefetch_rows(xp, 2 * (i + PF_AHEAD), 2 * (i + PF_AHEAD) + 2, W, reach)
                 r0 = xp + 2 * i * W
                 r1 = r0 + W
                 dv = &divisors[i, 0]
@@ -1939,12 +1942,13 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
     _interior(out_w, kw, sw, pw, 1, W, &jl, &jh)
     for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
         xp = &x[0, 0, 0, 0] + plane * H * W
+        reach = (2 if plane + 1 < N * C else 1) * H
         for i in range(out_h):
             op = &out[0, 0, 0, 0] + (plane * out_h + i) * out_w
             dv = &divisors[i, 0]
             h0 = i * sh - ph
-            _prefetch_rows(xp, h0 + kh + (PF_AHEAD - 1) * sh, h0 + kh + PF_AHEAD * sh, W,   # new in row i + PF_AHEAD
-                           (2 if plane + 1 < N * C else 1) * H)
+            # the input rows that output row i + PF_AHEAD reads and row i + PF_AHEAD - 1 does not
+            _prefetch_rows(xp, h0 + kh + (PF_AHEAD - 1) * sh, h0 + kh + PF_AHEAD * sh, W, reach)
             a_lo = _tap_lo(h0, 1)
             a_hi = _tap_hi(h0, kh, 1, H)
             if kh == 3 and kw == 3 and (sw == 1 or sw == 2) and a_hi - a_lo == 3:
