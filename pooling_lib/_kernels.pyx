@@ -19,7 +19,8 @@ row of running bests, the innermost loop running over the windows (vectorised, s
 contiguous channel axis.
 
 Speed. The block at the top is the readable kernel the book's chapter 8 ends on; the tier calls it for NCHW
-max pooling with indices. The other paths are specialised, without changing a single result:
+max pooling with indices when a window's taps lie too far apart for the fast path (an offset of 2**24 or more).
+The other paths are specialised, without changing a single result:
 
 * a block (a plane, or the rows under some output rows) is scanned for NaN first; where there is none the
   rule reduces to ``v > best``, a single max instruction, and a winner is the first tap equal to the maximum.
@@ -29,7 +30,10 @@ max pooling with indices. The other paths are specialised, without changing a si
 * 2x2 stride-2 windows and 3x3 stride-2 windows get straight-line code (all taps in one pass); windows cut
   by the padding are handled apart, so the main loops never test for it;
 * winners are tracked as tap offsets held in the float type (same vector width as the values) and the
-  backward adds each gradient to its winner in the same pass: one read of ``x``, one write of ``grad_x``.
+  backward adds each gradient to its winner in the same pass: one read of ``x``, one write of ``grad_x``;
+* the forward with indices runs the same winner search; the backward from indices (PyTorch's) builds each plane
+  of a large gradient row by row (2x2 stride 2, 3x3 stride 2 padding 1) or in a cached buffer, and writes it
+  with streaming stores, which skip the read of each line that an ordinary store makes first.
 """
 
 # --- BEGIN CHAPTER 8 KERNEL ---
@@ -92,7 +96,7 @@ def max_pool2d_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, 
 # --- END CHAPTER 8 KERNEL ---
 
 from cython.parallel cimport parallel, threadid
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 
@@ -1359,6 +1363,686 @@ def extremum_backward_nchw(const floating[:, :, :, ::1] x, const floating[:, :, 
             else:
                 _plane_backward(xp, gp, gx, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
                                 cols_ok, nxt, <MaxRuleNoNaN*> NULL)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Max / min pooling with indices, NCHW, and the backward from those indices (PyTorch's forward+backward)
+
+cdef extern from *:
+    """
+    /* Copy n bytes with non-temporal ("streaming") stores where the destination is 16-byte aligned: the lines go
+       to memory without first being read into the cache, as an ordinary store would read them (and they do not
+       push other data out of the cache). SSE2 is in every x86-64 CPU; elsewhere this is memcpy. pl_sfence()
+       orders the streamed stores before any later store (call it before the data is handed on). */
+    #include <string.h>
+    #include <stdint.h>
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    static void pl_stream_copy(void* dst, const void* src, size_t n) {
+        char* d = (char*) dst;
+        const char* s = (const char*) src;
+        size_t head = (size_t) (-(uintptr_t) d) & 15;
+        if (head > n)
+            head = n;
+        memcpy(d, s, head);
+        d += head; s += head; n -= head;
+        for (; n >= 64; n -= 64, d += 64, s += 64) {
+            __m128i a = _mm_loadu_si128((const __m128i*) s), b = _mm_loadu_si128((const __m128i*) (s + 16));
+            __m128i c = _mm_loadu_si128((const __m128i*) (s + 32)), e = _mm_loadu_si128((const __m128i*) (s + 48));
+            _mm_stream_si128((__m128i*) d, a); _mm_stream_si128((__m128i*) (d + 16), b);
+            _mm_stream_si128((__m128i*) (d + 32), c); _mm_stream_si128((__m128i*) (d + 48), e);
+        }
+        for (; n >= 16; n -= 16, d += 16, s += 16)
+            _mm_stream_si128((__m128i*) d, _mm_loadu_si128((const __m128i*) s));
+        memcpy(d, s, n);
+    }
+    static void pl_sfence(void) { _mm_sfence(); }
+    #else
+    static void pl_stream_copy(void* dst, const void* src, size_t n) { memcpy(dst, src, n); }
+    static void pl_sfence(void) { }
+    #endif
+    """
+    void pl_stream_copy(void* dst, const void* src, size_t n) noexcept nogil
+    void pl_sfence() noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* Winners of 3x3 stride-2 windows with their values and flat indices, for rows without NaN, in the AVX2 build
+       only (elsewhere the functions handle no window): window j (in [jl, jh), nine real taps on rows r0, r0 + W,
+       r0 + 2W, first tap at column 2j + off, flat index at + 2j) gets out[j] = its best value and ix[j] = at + 2j +
+       the winner's offset. Lane by lane the operations of _winner9 (a max (min) fold in scan order, then the first
+       tap equal to the result); float does 8 windows at a time (PL_ROW8, PL_FOLD8), double 4. A block is used only
+       where its reads stay in the row; the last one may be moved back to overlap the one before. Returns the
+       first window left to the caller. */
+    #if defined(__AVX2__)
+    #include <immintrin.h>
+    static Py_ssize_t pl_index_3x3s2_f32(float* out, int64_t* ix, const float* r0, Py_ssize_t W, Py_ssize_t jl,
+                                         Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) {
+        const __m256i o1 = _mm256_set1_epi32(1), o2 = _mm256_set1_epi32(2), o3 = _mm256_set1_epi32((int) W);
+        const __m256i o4 = _mm256_set1_epi32((int) W + 1), o5 = _mm256_set1_epi32((int) W + 2);
+        const __m256i o6 = _mm256_set1_epi32(2 * (int) W), o7 = _mm256_set1_epi32(2 * (int) W + 1);
+        const __m256i o8 = _mm256_set1_epi32(2 * (int) W + 2), zero = _mm256_setzero_si256();
+        const __m256i step = _mm256_setr_epi64x(0, 2, 4, 6), half = _mm256_set1_epi64x(8);
+        Py_ssize_t j = jl, jb, last;
+        if (W - 18 - off < 0)
+            return jl;
+        last = (W - 18 - off) / 2;
+        while (j < jh) {
+            __m256 v0, v1, v2, v3, v4, v5, v6, v7, v8, b;
+            __m256i t, base;
+            const float* p;
+            if (j + 8 <= jh && j <= last) {
+                jb = j;
+            } else {
+                jb = jh - 8 < last ? jh - 8 : last;
+                if (jb < jl || jb + 8 <= j)
+                    return j;
+            }
+            p = r0 + 2 * jb + off;
+            PL_ROW8(p, v0, v1, v2);
+            PL_ROW8(p + W, v3, v4, v5);
+            PL_ROW8(p + 2 * W, v6, v7, v8);
+            if (minimum) PL_FOLD8(_mm256_min_ps); else PL_FOLD8(_mm256_max_ps);
+            #define PL_EQ8(v) _mm256_castps_si256(_mm256_cmp_ps(v, b, _CMP_EQ_OQ))
+            t = _mm256_blendv_epi8(o8, o7, PL_EQ8(v7));
+            t = _mm256_blendv_epi8(t, o6, PL_EQ8(v6));
+            t = _mm256_blendv_epi8(t, o5, PL_EQ8(v5));
+            t = _mm256_blendv_epi8(t, o4, PL_EQ8(v4));
+            t = _mm256_blendv_epi8(t, o3, PL_EQ8(v3));
+            t = _mm256_blendv_epi8(t, o2, PL_EQ8(v2));
+            t = _mm256_blendv_epi8(t, o1, PL_EQ8(v1));
+            t = _mm256_blendv_epi8(t, zero, PL_EQ8(v0));
+            #undef PL_EQ8
+            /* lanes 0,1,4,5,2,3,6,7 back into window order: swap the middle two 64-bit pairs */
+            t = _mm256_permute4x64_epi64(t, _MM_SHUFFLE(3, 1, 2, 0));
+            b = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(b), _MM_SHUFFLE(3, 1, 2, 0)));
+            _mm256_storeu_ps(out + jb, b);
+            base = _mm256_add_epi64(_mm256_set1_epi64x(at + 2 * jb), step);
+            _mm256_storeu_si256((__m256i*) (ix + jb),
+                                _mm256_add_epi64(base, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(t))));
+            _mm256_storeu_si256((__m256i*) (ix + jb + 4), _mm256_add_epi64(_mm256_add_epi64(base, half),
+                                _mm256_cvtepi32_epi64(_mm256_extracti128_si256(t, 1))));
+            j = jb + 8;
+        }
+        return j;
+    }
+    /* one row's taps q + 2k, q + 2k + 1, q + 2k + 2 of windows k = 0..3, in the lane order 0,2,1,3 */
+    #define PL_ROW4(p, A, B, C) do { \
+        __m256d lo_ = _mm256_loadu_pd(p), hi_ = _mm256_loadu_pd((p) + 4); \
+        __m256d lo2_ = _mm256_loadu_pd((p) + 2), hi2_ = _mm256_loadu_pd((p) + 6); \
+        A = _mm256_unpacklo_pd(lo_, hi_); B = _mm256_unpackhi_pd(lo_, hi_); C = _mm256_unpacklo_pd(lo2_, hi2_); \
+    } while (0)
+    static Py_ssize_t pl_index_3x3s2_f64(double* out, int64_t* ix, const double* r0, Py_ssize_t W, Py_ssize_t jl,
+                                         Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) {
+        const __m256i o1 = _mm256_set1_epi64x(1), o2 = _mm256_set1_epi64x(2), o3 = _mm256_set1_epi64x(W);
+        const __m256i o4 = _mm256_set1_epi64x(W + 1), o5 = _mm256_set1_epi64x(W + 2);
+        const __m256i o6 = _mm256_set1_epi64x(2 * W), o7 = _mm256_set1_epi64x(2 * W + 1);
+        const __m256i o8 = _mm256_set1_epi64x(2 * W + 2), zero = _mm256_setzero_si256();
+        const __m256i step = _mm256_setr_epi64x(0, 2, 4, 6);
+        Py_ssize_t j = jl, jb, last;
+        if (W - 10 - off < 0)
+            return jl;
+        last = (W - 10 - off) / 2;
+        while (j < jh) {
+            __m256d v0, v1, v2, v3, v4, v5, v6, v7, v8, b;
+            __m256i t;
+            const double* p;
+            if (j + 4 <= jh && j <= last) {
+                jb = j;
+            } else {
+                jb = jh - 4 < last ? jh - 4 : last;
+                if (jb < jl || jb + 4 <= j)
+                    return j;
+            }
+            p = r0 + 2 * jb + off;
+            PL_ROW4(p, v0, v1, v2);
+            PL_ROW4(p + W, v3, v4, v5);
+            PL_ROW4(p + 2 * W, v6, v7, v8);
+            if (minimum) {
+                b = _mm256_min_pd(v1, v0); b = _mm256_min_pd(v2, b); b = _mm256_min_pd(v3, b);
+                b = _mm256_min_pd(v4, b); b = _mm256_min_pd(v5, b); b = _mm256_min_pd(v6, b);
+                b = _mm256_min_pd(v7, b); b = _mm256_min_pd(v8, b);
+            } else {
+                b = _mm256_max_pd(v1, v0); b = _mm256_max_pd(v2, b); b = _mm256_max_pd(v3, b);
+                b = _mm256_max_pd(v4, b); b = _mm256_max_pd(v5, b); b = _mm256_max_pd(v6, b);
+                b = _mm256_max_pd(v7, b); b = _mm256_max_pd(v8, b);
+            }
+            #define PL_EQ4(v) _mm256_castpd_si256(_mm256_cmp_pd(v, b, _CMP_EQ_OQ))
+            t = _mm256_blendv_epi8(o8, o7, PL_EQ4(v7));
+            t = _mm256_blendv_epi8(t, o6, PL_EQ4(v6));
+            t = _mm256_blendv_epi8(t, o5, PL_EQ4(v5));
+            t = _mm256_blendv_epi8(t, o4, PL_EQ4(v4));
+            t = _mm256_blendv_epi8(t, o3, PL_EQ4(v3));
+            t = _mm256_blendv_epi8(t, o2, PL_EQ4(v2));
+            t = _mm256_blendv_epi8(t, o1, PL_EQ4(v1));
+            t = _mm256_blendv_epi8(t, zero, PL_EQ4(v0));
+            #undef PL_EQ4
+            /* lanes 0,2,1,3 back into window order */
+            t = _mm256_permute4x64_epi64(t, _MM_SHUFFLE(3, 1, 2, 0));
+            b = _mm256_permute4x64_pd(b, _MM_SHUFFLE(3, 1, 2, 0));
+            _mm256_storeu_pd(out + jb, b);
+            _mm256_storeu_si256((__m256i*) (ix + jb),
+                                _mm256_add_epi64(_mm256_add_epi64(_mm256_set1_epi64x(at + 2 * jb), step), t));
+            j = jb + 4;
+        }
+        return j;
+    }
+    #else
+    static Py_ssize_t pl_index_3x3s2_f32(float* out, int64_t* ix, const float* r0, Py_ssize_t W, Py_ssize_t jl,
+                                         Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) {
+        (void) out; (void) ix; (void) r0; (void) W; (void) jh; (void) off; (void) minimum; (void) at;
+        return jl;
+    }
+    static Py_ssize_t pl_index_3x3s2_f64(double* out, int64_t* ix, const double* r0, Py_ssize_t W, Py_ssize_t jl,
+                                         Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) {
+        (void) out; (void) ix; (void) r0; (void) W; (void) jh; (void) off; (void) minimum; (void) at;
+        return jl;
+    }
+    #endif
+    """
+    Py_ssize_t pl_index_3x3s2_f32(float* out, int64_t* ix, const float* r0, Py_ssize_t W, Py_ssize_t jl,
+                                  Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) noexcept nogil
+    Py_ssize_t pl_index_3x3s2_f64(double* out, int64_t* ix, const double* r0, Py_ssize_t W, Py_ssize_t jl,
+                                  Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) noexcept nogil
+
+
+cdef inline void _index_2x2(const floating* r0, const floating* r1, floating* o, int64_t* ix, int64_t at,
+                            int64_t W, Py_ssize_t out_w, rule_t* rule) noexcept nogil:
+    """One output row of 2x2 stride-2 windows: each window's winner (the last tap that takes, in scan order) and
+    its flat index; ``at``: the index of window 0's first tap."""
+    cdef Py_ssize_t j
+    cdef floating b, v1, v2, v3
+    cdef bint t1, t2, t3
+    cdef int64_t k
+    for j in range(out_w):
+        b = r0[2 * j]
+        v1 = r0[2 * j + 1]
+        v2 = r1[2 * j]
+        v3 = r1[2 * j + 1]
+        t1 = _wins(v1, b, rule)
+        b = _sel(t1, v1, b)
+        t2 = _wins(v2, b, rule)
+        b = _sel(t2, v2, b)
+        t3 = _wins(v3, b, rule)
+        b = _sel(t3, v3, b)
+        k = W + 1 if t3 else (W if t2 else (1 if t1 else 0))
+        o[j] = b
+        ix[j] = at + 2 * j + k
+
+
+cdef inline void _index_row(const floating* xp, floating* o, int64_t* ix, const floating* tap, Py_ssize_t corner,
+                            Py_ssize_t sw, Py_ssize_t j_lo, Py_ssize_t j_hi) noexcept nogil:
+    """Windows j_lo .. j_hi-1 of an output row: the index ``corner + j * sw + tap[j]`` and the value there (the
+    winner's own value, so a NaN keeps its bits)."""
+    cdef Py_ssize_t j, k
+    for j in range(j_lo, j_hi):
+        k = corner + j * sw + <int32_t> tap[j]           # (int32: the conversion vectorises; the tier checks < 2**31)
+        ix[j] = k
+        o[j] = xp[k]
+
+
+cdef void _plane_vals_index(const floating* xp, floating* op, int64_t* ip, floating* best, floating* tap,
+                            Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t kh,
+                            Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                            Py_ssize_t dw, const floating* nxt, rule_t* rule) noexcept nogil:
+    """Max (min) pooling of one NCHW plane with winner indices, on the backward's winner search: per output row,
+    the winners' tap offsets (:func:`_winner_row`), then each window's index and value (the winner's own value,
+    so a NaN keeps its bits). Every window must hold a real cell, and the taps must be exact in the float type
+    (the caller checks both)."""
+    cdef Py_ssize_t i, j, jl, jh, j0, corner
+    cdef Py_ssize_t reach = (2 if nxt != NULL else 1) * H
+    cdef floating* o
+    cdef int64_t* ix
+    if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw):
+        for i in range(out_h):
+            _prefetch_rows(xp, 2 * (i + PF_AHEAD), 2 * (i + PF_AHEAD) + 2, W, reach)
+            _index_2x2(xp + 2 * i * W, xp + (2 * i + 1) * W, op + i * out_w, ip + i * out_w, 2 * i * W, W, out_w,
+                       rule)
+        return
+    _interior(out_w, kw, sw, pw, dw, W, &jl, &jh)
+    for i in range(out_h):
+        _prefetch_part(nxt, H * W, i, out_h)
+        corner = (i * sh - ph) * W - pw
+        o = op + i * out_w
+        ix = ip + i * out_w
+        j0 = jl
+        if ((rule_t is MaxRuleNoNaN or rule_t is MinRuleNoNaN) and _k3s2p1(kh, kw, sh, sw, ph, pw, dh, dw)
+                and i >= 1 and 2 * i + 1 < H):
+            # three real rows: the interior windows' values and indices in one AVX2 pass (AVX2 build)
+            if floating is float:
+                j0 = pl_index_3x3s2_f32(o, ix, xp + (2 * i - 1) * W, W, jl, jh, -1, rule_t is MinRuleNoNaN, corner)
+            else:
+                j0 = pl_index_3x3s2_f64(o, ix, xp + (2 * i - 1) * W, W, jl, jh, -1, rule_t is MinRuleNoNaN, corner)
+        if j0 == jl:
+            _winner_row(xp, best, tap, i, H, W, out_w, kh, kw, sh, sw, ph, pw, dh, dw, jl, jh, rule)
+            _index_row(xp, o, ix, tap, corner, sw, 0, out_w)
+        else:                                         # the edge windows, and any the AVX2 pass left
+            _taps_3x3s2(tap, xp + (2 * i - 1) * W, W, j0, jh, -1, rule)
+            for j in range(jl):
+                _edge_block(xp + (2 * i - 1) * W, W, 2 * j - 1, tap + j, rule)
+            for j in range(jh, out_w):
+                _edge_block(xp + (2 * i - 1) * W, W, 2 * j - 1, tap + j, rule)
+            _index_row(xp, o, ix, tap, corner, sw, 0, jl)
+            _index_row(xp, o, ix, tap, corner, sw, j0, out_w)
+
+
+def extremum_index_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
+                        floating[:, ::1] best_buf, floating[:, ::1] tap_buf, int kh, int kw, int sh, int sw, int ph,
+                        int pw, int dh, int dw, bint minimum, int num_threads):
+    """Max (min) pooling of a C-contiguous NCHW batch with the winners' indices, for geometries where every
+    window holds a real cell and a winner's offset in its window, ``(kh - 1) * dh * W + (kw - 1) * dw``, is below
+    2**24 (the tier checks both; :func:`max_pool2d_nchw` does the rest). The same bits as that kernel; each plane is
+    scanned for NaN first as in :func:`extremum_nchw`. ``best_buf`` and ``tap_buf``: a scratch row of at least
+    ``out_w`` values per thread."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+    cdef Py_ssize_t plane, tid
+    cdef const floating* xp
+    cdef const floating* nxt
+    cdef floating* op
+    cdef int64_t* ip
+    cdef floating* best
+    cdef floating* tap
+    cdef bint k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw)
+    if N * C == 0:
+        return
+    if (min(best_buf.shape[0], tap_buf.shape[0]) < max(num_threads, 1)
+            or min(best_buf.shape[1], tap_buf.shape[1]) < out_w):
+        raise ValueError(f"best_buf and tap_buf need a row of at least out_w = {out_w} values for each of the "
+                         f"{num_threads} threads, got {best_buf.shape[0]} x {best_buf.shape[1]} and "
+                         f"{tap_buf.shape[0]} x {tap_buf.shape[1]}")
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        best = &best_buf[tid, 0]
+        tap = &tap_buf[tid, 0]
+        for plane in prange(N * C, schedule="guided"):
+            xp = &x[0, 0, 0, 0] + plane * H * W
+            op = &out[0, 0, 0, 0] + plane * out_h * out_w
+            ip = &indices[0, 0, 0, 0] + plane * out_h * out_w
+            nxt = (xp + H * W) if plane + 1 < N * C else NULL
+            if k2s2 or _has_nan(xp, H * W):
+                if minimum:
+                    _plane_vals_index(xp, op, ip, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
+                                      nxt, <MinRule*> NULL)
+                else:
+                    _plane_vals_index(xp, op, ip, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
+                                      nxt, <MaxRule*> NULL)
+            elif minimum:
+                _plane_vals_index(xp, op, ip, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt,
+                                  <MinRuleNoNaN*> NULL)
+            else:
+                _plane_vals_index(xp, op, ip, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt,
+                                  <MaxRuleNoNaN*> NULL)
+
+
+cdef extern from *:
+    """
+    /* One output row of 2x2 stride-2 windows, from indices: each window's cells get 0 + g[j] where the window's
+       index points and +0 elsewhere, as a scatter into a zeroed gradient would. Window j's cells are at
+       at + 2j + {0, 1, W, W + 1}. Returns the number of windows whose index is one of their own cells: when it is
+       not n, an index points elsewhere and the caller scatters the plane instead. One pass over the row, no
+       branch: the compiler vectorises it. */
+    #define PL_INDEX_ROW_2X2(NAME, T) \
+    static Py_ssize_t NAME(T* __restrict q0, T* __restrict q1, const T* __restrict g, \
+                           const int64_t* __restrict ix, Py_ssize_t n, int64_t at, int64_t W) { \
+        Py_ssize_t j, hits = 0; \
+        for (j = 0; j < n; j++) { \
+            const int64_t d = ix[j] - (at + 2 * j); \
+            const T gz = (T) 0 + g[j]; \
+            q0[2 * j] = d == 0 ? gz : (T) 0; \
+            q0[2 * j + 1] = d == 1 ? gz : (T) 0; \
+            q1[2 * j] = d == W ? gz : (T) 0; \
+            q1[2 * j + 1] = d == W + 1 ? gz : (T) 0; \
+            hits += (d == 0) | (d == 1) | (d == W) | (d == W + 1); \
+        } \
+        return hits; \
+    }
+    PL_INDEX_ROW_2X2(pl_index_row_2x2_f32, float)
+    PL_INDEX_ROW_2X2(pl_index_row_2x2_f64, double)
+
+    /* The same row with AVX2, written straight to memory with streaming stores (in the AVX2 build only; elsewhere
+       the functions do no window). q0 and q1 must be 16-byte aligned. Windows are done 4 at a time (in whole
+       cache lines when the row is: a line written partly by streaming stores and partly by plain ones is slow);
+       returns the first window left to the caller, or -1 as soon as a block holds an index outside its
+       window (the caller then scatters the plane). The masks m0..m3 (index at cell 0, 1, W, W + 1) select g or
+       +0 lane by lane, the same values as the loop above. */
+    #if defined(__AVX2__)
+    #include <immintrin.h>
+    /* a 256-bit vector streamed as two 128-bit halves: q needs only 16-byte alignment, which NumPy's allocations
+       have */
+    #define PL_STREAM_PD(q, v) do { _mm_stream_pd((q), _mm256_castpd256_pd128(v)); \
+                                    _mm_stream_pd((q) + 2, _mm256_extractf128_pd((v), 1)); } while (0)
+    static Py_ssize_t pl_stream_row_2x2_f64(double* q0, double* q1, const double* g, const int64_t* ix,
+                                            Py_ssize_t n, int64_t at, int64_t W) {
+        const __m256i step = _mm256_set1_epi64x(8), c1 = _mm256_set1_epi64x(1), cw = _mm256_set1_epi64x(W);
+        const __m256i cw1 = _mm256_set1_epi64x(W + 1), zero = _mm256_setzero_si256();
+        __m256i base = _mm256_add_epi64(_mm256_set1_epi64x(at), _mm256_setr_epi64x(0, 2, 4, 6));
+        Py_ssize_t j;
+        for (j = 0; j + 4 <= n; j += 4, base = _mm256_add_epi64(base, step)) {
+            const __m256i d = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i*) (ix + j)), base);
+            const __m256d m0 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(d, zero));
+            const __m256d m1 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(d, c1));
+            const __m256d m2 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(d, cw));
+            const __m256d m3 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(d, cw1));
+            const __m256d gz = _mm256_add_pd(_mm256_setzero_pd(), _mm256_loadu_pd(g + j));
+            __m256d e0, e1, lo, hi;
+            if (_mm256_movemask_pd(_mm256_or_pd(_mm256_or_pd(m0, m1), _mm256_or_pd(m2, m3))) != 15)
+                return -1;
+            e0 = _mm256_and_pd(m0, gz); e1 = _mm256_and_pd(m1, gz);
+            lo = _mm256_unpacklo_pd(e0, e1); hi = _mm256_unpackhi_pd(e0, e1);
+            PL_STREAM_PD(q0 + 2 * j, _mm256_permute2f128_pd(lo, hi, 0x20));
+            PL_STREAM_PD(q0 + 2 * j + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+            e0 = _mm256_and_pd(m2, gz); e1 = _mm256_and_pd(m3, gz);
+            lo = _mm256_unpacklo_pd(e0, e1); hi = _mm256_unpackhi_pd(e0, e1);
+            PL_STREAM_PD(q1 + 2 * j, _mm256_permute2f128_pd(lo, hi, 0x20));
+            PL_STREAM_PD(q1 + 2 * j + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+        }
+        return j;
+    }
+    /* float: 4 windows in 128-bit vectors, their 64-bit index masks narrowed to 32-bit lanes */
+    static inline __m128 pl_narrow_mask(__m256i m) {
+        return _mm_castsi128_ps(_mm256_castsi256_si128(
+            _mm256_permutevar8x32_epi32(m, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7))));
+    }
+    static Py_ssize_t pl_stream_row_2x2_f32(float* q0, float* q1, const float* g, const int64_t* ix,
+                                            Py_ssize_t n, int64_t at, int64_t W) {
+        const __m256i step = _mm256_set1_epi64x(8), c1 = _mm256_set1_epi64x(1), cw = _mm256_set1_epi64x(W);
+        const __m256i cw1 = _mm256_set1_epi64x(W + 1), zero = _mm256_setzero_si256();
+        __m256i base = _mm256_add_epi64(_mm256_set1_epi64x(at), _mm256_setr_epi64x(0, 2, 4, 6));
+        Py_ssize_t j;
+        for (j = 0; j + 4 <= n; j += 4, base = _mm256_add_epi64(base, step)) {
+            const __m256i d = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i*) (ix + j)), base);
+            const __m128 m0 = pl_narrow_mask(_mm256_cmpeq_epi64(d, zero));
+            const __m128 m1 = pl_narrow_mask(_mm256_cmpeq_epi64(d, c1));
+            const __m128 m2 = pl_narrow_mask(_mm256_cmpeq_epi64(d, cw));
+            const __m128 m3 = pl_narrow_mask(_mm256_cmpeq_epi64(d, cw1));
+            const __m128 gz = _mm_add_ps(_mm_setzero_ps(), _mm_loadu_ps(g + j));
+            __m128 e0, e1;
+            if (_mm_movemask_ps(_mm_or_ps(_mm_or_ps(m0, m1), _mm_or_ps(m2, m3))) != 15)
+                return -1;
+            e0 = _mm_and_ps(m0, gz); e1 = _mm_and_ps(m1, gz);
+            _mm_stream_ps(q0 + 2 * j, _mm_unpacklo_ps(e0, e1));
+            _mm_stream_ps(q0 + 2 * j + 4, _mm_unpackhi_ps(e0, e1));
+            e0 = _mm_and_ps(m2, gz); e1 = _mm_and_ps(m3, gz);
+            _mm_stream_ps(q1 + 2 * j, _mm_unpacklo_ps(e0, e1));
+            _mm_stream_ps(q1 + 2 * j + 4, _mm_unpackhi_ps(e0, e1));
+        }
+        return j;
+    }
+    #else
+    static Py_ssize_t pl_stream_row_2x2_f64(double* q0, double* q1, const double* g, const int64_t* ix,
+                                            Py_ssize_t n, int64_t at, int64_t W) {
+        (void) q0; (void) q1; (void) g; (void) ix; (void) n; (void) at; (void) W;
+        return 0;
+    }
+    static Py_ssize_t pl_stream_row_2x2_f32(float* q0, float* q1, const float* g, const int64_t* ix,
+                                            Py_ssize_t n, int64_t at, int64_t W) {
+        (void) q0; (void) q1; (void) g; (void) ix; (void) n; (void) at; (void) W;
+        return 0;
+    }
+    #endif
+    """
+    Py_ssize_t pl_index_row_2x2_f32(float* q0, float* q1, const float* g, const int64_t* ix, Py_ssize_t n,
+                                    int64_t at, int64_t W) noexcept nogil
+    Py_ssize_t pl_index_row_2x2_f64(double* q0, double* q1, const double* g, const int64_t* ix, Py_ssize_t n,
+                                    int64_t at, int64_t W) noexcept nogil
+    Py_ssize_t pl_stream_row_2x2_f32(float* q0, float* q1, const float* g, const int64_t* ix, Py_ssize_t n,
+                                     int64_t at, int64_t W) noexcept nogil
+    Py_ssize_t pl_stream_row_2x2_f64(double* q0, double* q1, const double* g, const int64_t* ix, Py_ssize_t n,
+                                     int64_t at, int64_t W) noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* One gradient row under 3x3 stride-2 padding-1 windows, from indices, with AVX2 and streaming stores (in the
+       AVX2 build only; elsewhere the functions do nothing and return -1). The plane has even W, and M = W / 2
+       windows per row (a multiple of 4). Cell 2k of the row is covered by window k, cell 2k + 1 by windows k and
+       k + 1, of window row a (indices ia, gradients ga) and, when ib is not NULL, then of window row b. Each cell
+       gets, from +0 and in window order, the gradient of every window whose index is that cell (pos0: the flat
+       index of the row's first cell), as the scatter would: adding +0 for the others changes nothing, since the
+       sum is never -0.0. Four windows (eight cells) at a time; q must be 16-byte aligned. Returns how many
+       (window, cell) pairs matched, so that the caller can check that every window found its cell. */
+    #if defined(__AVX2__)
+    #include <immintrin.h>
+    /* the indices and gradients of windows k+1 .. k+4 (the last one absent at the row's end: index -1, gradient 0) */
+    #define PL_NEXT4(I, G, ii, gg, k, M, LOADG, SETG, ZG) do { \
+        if ((k) + 4 < (M)) { I = _mm256_loadu_si256((const __m256i*) ((ii) + (k) + 1)); G = LOADG((gg) + (k) + 1); } \
+        else { I = _mm256_setr_epi64x((ii)[(k) + 1], (ii)[(k) + 2], (ii)[(k) + 3], -1); \
+               G = SETG((gg)[(k) + 1], (gg)[(k) + 2], (gg)[(k) + 3], ZG); } } while (0)
+    static Py_ssize_t pl_stream_row_3x3_f64(double* q, const int64_t* ia, const double* ga, const int64_t* ib,
+                                            const double* gb, Py_ssize_t M, int64_t pos0) {
+        const __m256i two = _mm256_set1_epi64x(2), one = _mm256_set1_epi64x(1);
+        const __m256d z = _mm256_setzero_pd();
+        __m256i pe = _mm256_add_epi64(_mm256_set1_epi64x(pos0), _mm256_setr_epi64x(0, 2, 4, 6));
+        Py_ssize_t k, hits = 0;
+        for (k = 0; k < M; k += 4, pe = _mm256_add_epi64(pe, _mm256_slli_epi64(two, 2))) {
+            const __m256i po = _mm256_add_epi64(pe, one);
+            __m256i i0 = _mm256_loadu_si256((const __m256i*) (ia + k)), i1;
+            __m256d g0 = _mm256_loadu_pd(ga + k), g1, e, o, m, lo, hi;
+            PL_NEXT4(i1, g1, ia, ga, k, M, _mm256_loadu_pd, _mm256_setr_pd, 0.0);
+            m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i0, pe)); hits += __builtin_popcount(_mm256_movemask_pd(m));
+            e = _mm256_add_pd(z, _mm256_and_pd(m, g0));
+            m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i0, po)); hits += __builtin_popcount(_mm256_movemask_pd(m));
+            o = _mm256_add_pd(z, _mm256_and_pd(m, g0));
+            m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i1, po)); hits += __builtin_popcount(_mm256_movemask_pd(m));
+            o = _mm256_add_pd(o, _mm256_and_pd(m, g1));
+            if (ib != NULL) {
+                i0 = _mm256_loadu_si256((const __m256i*) (ib + k)); g0 = _mm256_loadu_pd(gb + k);
+                PL_NEXT4(i1, g1, ib, gb, k, M, _mm256_loadu_pd, _mm256_setr_pd, 0.0);
+                m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i0, pe)); hits += __builtin_popcount(_mm256_movemask_pd(m));
+                e = _mm256_add_pd(e, _mm256_and_pd(m, g0));
+                m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i0, po)); hits += __builtin_popcount(_mm256_movemask_pd(m));
+                o = _mm256_add_pd(o, _mm256_and_pd(m, g0));
+                m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i1, po)); hits += __builtin_popcount(_mm256_movemask_pd(m));
+                o = _mm256_add_pd(o, _mm256_and_pd(m, g1));
+            }
+            lo = _mm256_unpacklo_pd(e, o); hi = _mm256_unpackhi_pd(e, o);
+            PL_STREAM_PD(q + 2 * k, _mm256_permute2f128_pd(lo, hi, 0x20));
+            PL_STREAM_PD(q + 2 * k + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+        }
+        return hits;
+    }
+    static inline __m128 pl_setr_ps4(float a, float b, float c, float d) { return _mm_setr_ps(a, b, c, d); }
+    #define PL_MASK4(a, b) pl_narrow_mask(_mm256_cmpeq_epi64((a), (b)))
+    static Py_ssize_t pl_stream_row_3x3_f32(float* q, const int64_t* ia, const float* ga, const int64_t* ib,
+                                            const float* gb, Py_ssize_t M, int64_t pos0) {
+        const __m256i one = _mm256_set1_epi64x(1), eight = _mm256_set1_epi64x(8);
+        const __m128 z = _mm_setzero_ps();
+        __m256i pe = _mm256_add_epi64(_mm256_set1_epi64x(pos0), _mm256_setr_epi64x(0, 2, 4, 6));
+        Py_ssize_t k, hits = 0;
+        for (k = 0; k < M; k += 4, pe = _mm256_add_epi64(pe, eight)) {
+            const __m256i po = _mm256_add_epi64(pe, one);
+            __m256i i0 = _mm256_loadu_si256((const __m256i*) (ia + k)), i1;
+            __m128 g0 = _mm_loadu_ps(ga + k), g1, e, o, m;
+            PL_NEXT4(i1, g1, ia, ga, k, M, _mm_loadu_ps, pl_setr_ps4, 0.0f);
+            m = PL_MASK4(i0, pe); hits += __builtin_popcount(_mm_movemask_ps(m)); e = _mm_add_ps(z, _mm_and_ps(m, g0));
+            m = PL_MASK4(i0, po); hits += __builtin_popcount(_mm_movemask_ps(m)); o = _mm_add_ps(z, _mm_and_ps(m, g0));
+            m = PL_MASK4(i1, po); hits += __builtin_popcount(_mm_movemask_ps(m)); o = _mm_add_ps(o, _mm_and_ps(m, g1));
+            if (ib != NULL) {
+                i0 = _mm256_loadu_si256((const __m256i*) (ib + k)); g0 = _mm_loadu_ps(gb + k);
+                PL_NEXT4(i1, g1, ib, gb, k, M, _mm_loadu_ps, pl_setr_ps4, 0.0f);
+                m = PL_MASK4(i0, pe); hits += __builtin_popcount(_mm_movemask_ps(m)); e = _mm_add_ps(e, _mm_and_ps(m, g0));
+                m = PL_MASK4(i0, po); hits += __builtin_popcount(_mm_movemask_ps(m)); o = _mm_add_ps(o, _mm_and_ps(m, g0));
+                m = PL_MASK4(i1, po); hits += __builtin_popcount(_mm_movemask_ps(m)); o = _mm_add_ps(o, _mm_and_ps(m, g1));
+            }
+            _mm_stream_ps(q + 2 * k, _mm_unpacklo_ps(e, o));
+            _mm_stream_ps(q + 2 * k + 4, _mm_unpackhi_ps(e, o));
+        }
+        return hits;
+    }
+    #else
+    static Py_ssize_t pl_stream_row_3x3_f64(double* q, const int64_t* ia, const double* ga, const int64_t* ib,
+                                            const double* gb, Py_ssize_t M, int64_t pos0) {
+        (void) q; (void) ia; (void) ga; (void) ib; (void) gb; (void) M; (void) pos0;
+        return -1;
+    }
+    static Py_ssize_t pl_stream_row_3x3_f32(float* q, const int64_t* ia, const float* ga, const int64_t* ib,
+                                            const float* gb, Py_ssize_t M, int64_t pos0) {
+        (void) q; (void) ia; (void) ga; (void) ib; (void) gb; (void) M; (void) pos0;
+        return -1;
+    }
+    #endif
+    """
+    Py_ssize_t pl_stream_row_3x3_f32(float* q, const int64_t* ia, const float* ga, const int64_t* ib,
+                                     const float* gb, Py_ssize_t M, int64_t pos0) noexcept nogil
+    Py_ssize_t pl_stream_row_3x3_f64(double* q, const int64_t* ia, const double* ga, const int64_t* ib,
+                                     const double* gb, Py_ssize_t M, int64_t pos0) noexcept nogil
+
+
+cdef bint _stream_3x3(const int64_t* ip, const floating* gp, floating* gx, Py_ssize_t H, Py_ssize_t W) noexcept nogil:
+    """One plane's gradient under 3x3 stride-2 padding-1 windows (H and W even, H/2 x W/2 windows, W/2 a multiple
+    of 4) from indices, row by row with streaming stores (``pl_stream_row_3x3_*``): row 2i lies under window row i
+    only, row 2i + 1 under window rows i and i + 1. Returns False (``gx`` half written) when some index is not a
+    cell of its own window: the caller then scatters the plane."""
+    cdef Py_ssize_t r, i, M = W // 2, oh = H // 2, hits = 0
+    cdef const int64_t* ib
+    cdef const floating* gb
+    for r in range(H):
+        i = r // 2
+        ib = NULL
+        gb = NULL
+        if r % 2 == 1 and i + 1 < oh:
+            ib = ip + (i + 1) * M
+            gb = gp + (i + 1) * M
+        if floating is float:
+            hits += pl_stream_row_3x3_f32(gx + r * W, ip + i * M, gp + i * M, ib, gb, M, r * W)
+        else:
+            hits += pl_stream_row_3x3_f64(gx + r * W, ip + i * M, gp + i * M, ib, gb, M, r * W)
+    return hits == oh * M
+
+
+cdef bint _unscatter_2x2(const int64_t* ip, const floating* gp, floating* dst, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
+    """One plane's gradient under 2x2 stride-2 windows from indices, row by row without a scatter (see
+    ``PL_INDEX_ROW_2X2``). Returns False, with ``dst`` half written, when some index is not a cell of its own
+    window: the caller then scatters the plane."""
+    cdef Py_ssize_t i, hits
+    if 2 * out_h < H or 2 * out_w < W:
+        memset(dst, 0, H * W * sizeof(floating))             # rows or columns that no window covers
+    for i in range(out_h):
+        if floating is float:
+            hits = pl_index_row_2x2_f32(dst + 2 * i * W, dst + (2 * i + 1) * W, gp + i * out_w, ip + i * out_w,
+                                        out_w, 2 * i * W, W)
+        else:
+            hits = pl_index_row_2x2_f64(dst + 2 * i * W, dst + (2 * i + 1) * W, gp + i * out_w, ip + i * out_w,
+                                        out_w, 2 * i * W, W)
+        if hits != out_w:
+            return False
+    return True
+
+
+cdef bint _stream_2x2(const int64_t* ip, const floating* gp, floating* gx, Py_ssize_t H, Py_ssize_t W,
+                      Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
+    """As :func:`_unscatter_2x2` for a plane that the windows tile exactly, ``out_w`` a multiple of 4, writing
+    ``gx`` with streaming stores (``pl_stream_row_2x2_*``). ``gx``'s rows must be 16-byte aligned. Returns False
+    when some index is not a cell of its own window (``gx`` is then half written)."""
+    cdef Py_ssize_t i, j
+    for i in range(out_h):
+        if floating is float:
+            j = pl_stream_row_2x2_f32(gx + 2 * i * W, gx + (2 * i + 1) * W, gp + i * out_w, ip + i * out_w, out_w,
+                                      2 * i * W, W)
+        else:
+            j = pl_stream_row_2x2_f64(gx + 2 * i * W, gx + (2 * i + 1) * W, gp + i * out_w, ip + i * out_w, out_w,
+                                      2 * i * W, W)
+        if j != out_w:
+            return False
+    return True
+
+
+cdef inline Py_ssize_t _scatter(const int64_t* ip, const floating* gp, floating* dst, Py_ssize_t cells,
+                                Py_ssize_t n, Py_ssize_t C) noexcept nogil:
+    """Zero ``cells * C`` values of ``dst``, then add each of the ``n * C`` gradients ``gp[o * C + c]`` to cell
+    ``ip[o * C + c]`` of channel ``c``, in order (PyTorch's ``grad_x[index] += grad_out``; 0 + g turns -0.0
+    into +0.0 as it does). An index outside ``[0, cells)`` is skipped and counted: the return value."""
+    cdef Py_ssize_t o, c, bad = 0
+    cdef int64_t k
+    memset(dst, 0, cells * C * sizeof(floating))
+    if C == 1:
+        for o in range(n):
+            k = ip[o]
+            if <uint64_t> k < <uint64_t> cells:
+                dst[k] += gp[o]
+            else:
+                bad += 1
+        return bad
+    for o in range(n):
+        for c in range(C):
+            k = ip[o * C + c]
+            if <uint64_t> k < <uint64_t> cells:
+                dst[k * C + c] += gp[o * C + c]
+            else:
+                bad += 1
+    return bad
+
+
+def max_backward_indices(const floating[:, :, :, ::1] grad_out, const int64_t[:, :, :, ::1] indices,
+                         floating[:, :, :, ::1] grad_x, floating[:, ::1] stage, int64_t[::1] bad, bint nhwc,
+                         bint blocks_2x2, bint rows_3x3, int num_threads):
+    """Gradient of max (min) pooling from the forward's indices: ``grad_x`` (every cell written) gets, in each
+    plane, ``grad_out[o]`` added to cell ``indices[o]``, output after output in row-major order.
+
+    NCHW (``nhwc`` False): arrays ``(N, C, out_h, out_w)`` and ``(N, C, H, W)``, one plane at a time. NHWC: arrays
+    ``(N, out_h, out_w, C)`` and ``(N, H, W, C)``, one image at a time. ``stage``: when it has rows (one per
+    thread, of a plane or an image), each plane (image) is built there, in the cache, and then streamed to
+    ``grad_x`` (:func:`pl_stream_copy`); without rows, it is built in place. An index outside ``[0, H * W)`` is
+    skipped: ``bad[tid]`` counts them for thread ``tid`` (the caller raises when any is counted), so no write ever
+    leaves ``grad_x``. ``blocks_2x2`` (NCHW, 2x2 windows at stride 2): each plane is first built row by row
+    (:func:`_unscatter_2x2`), and scattered only when an index is not a cell of its own window.
+    """
+    cdef Py_ssize_t N = grad_x.shape[0], C, H, W, out_h, out_w, unit, units, tid, cells, n, size
+    cdef bint stream = stage.shape[0] > 0, direct, direct_3x3
+    cdef const int64_t* ip
+    cdef const floating* gp
+    cdef floating* gx
+    cdef floating* dst
+    cdef floating* buf = NULL
+    if nhwc:
+        H, W, C = grad_x.shape[1], grad_x.shape[2], grad_x.shape[3]
+        out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+        units, size = N, C                          # one image, C channels per cell
+    else:
+        C, H, W = grad_x.shape[1], grad_x.shape[2], grad_x.shape[3]
+        out_h, out_w = grad_out.shape[2], grad_out.shape[3]
+        units, size = N * C, 1                      # one plane
+    cells = H * W
+    n = out_h * out_w
+    blocks_2x2 = blocks_2x2 and not nhwc and 2 * out_h <= H and 2 * out_w <= W
+    # with AVX2, planes that the windows tile exactly are streamed from the registers, without the buffer
+    direct = (stream and blocks_2x2 and PL_AVX2 and 2 * out_h == H and 2 * out_w == W and out_w % 4 == 0
+              and (W * sizeof(floating)) % 16 == 0 and (<size_t> &grad_x[0, 0, 0, 0]) % 16 == 0)
+    direct_3x3 = (stream and rows_3x3 and PL_AVX2 and not nhwc and 2 * out_h == H and 2 * out_w == W
+                  and out_w % 4 == 0 and (W * sizeof(floating)) % 16 == 0 and (<size_t> &grad_x[0, 0, 0, 0]) % 16 == 0)
+    if units == 0 or cells * size == 0:
+        return
+    if bad.shape[0] < max(num_threads, 1) or (stream and (stage.shape[0] < max(num_threads, 1)
+                                                          or stage.shape[1] < cells * size)):
+        raise ValueError(f"bad needs a count and stage (when it has rows) a row of {cells * size} values for each of "
+                         f"the {num_threads} threads, got {bad.shape[0]} and {stage.shape[0]} x {stage.shape[1]}")
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        if stream:
+            buf = &stage[tid, 0]
+        for unit in prange(units, schedule="static"):
+            ip = &indices[0, 0, 0, 0] + unit * n * size
+            gp = &grad_out[0, 0, 0, 0] + unit * n * size
+            gx = &grad_x[0, 0, 0, 0] + unit * cells * size
+            if direct:
+                if not _stream_2x2(ip, gp, gx, H, W, out_h, out_w):
+                    pl_sfence()                                   # the streamed rows land before the scatter
+                    bad[tid] += _scatter(ip, gp, gx, cells, n, size)
+            elif direct_3x3:
+                if not _stream_3x3(ip, gp, gx, H, W):
+                    pl_sfence()
+                    bad[tid] += _scatter(ip, gp, gx, cells, n, size)
+            else:
+                dst = buf if stream else gx
+                if not (blocks_2x2 and _unscatter_2x2(ip, gp, dst, H, W, out_h, out_w)):
+                    bad[tid] += _scatter(ip, gp, dst, cells, n, size)
+                if stream:
+                    pl_stream_copy(gx, buf, cells * size * sizeof(floating))
+        if stream:
+            pl_sfence()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -20,9 +20,11 @@ It times max and average pooling, forward and forward+backward, float32 and floa
     which shows how far memory bandwidth itself grows with threads: a memory-bound kernel cannot gain more from
     threads than this copy does. (Without the compiled tier: ``x.copy()``, one thread.)
 
-"forward+backward" is what a user calls: ``max_pool2d(x, ...)`` then ``max_pool2d_backward(grad_out, x, ...)``
-(``avg_pool2d`` and ``avg_pool2d_backward`` likewise), against PyTorch's forward on a tensor that requires a
-gradient followed by ``.backward(grad_out)``. Every time is the median over ``repeats`` interleaved rounds (each
+"forward+backward" is what PyTorch's autograd runs, against PyTorch's forward on a tensor that requires a
+gradient followed by ``.backward(grad_out)``: for max pooling ``max_pool2d(x, ..., return_indices=True)`` then
+``max_pool2d_backward(grad_out, x, ..., indices=indices)`` (the backward reads the winners' indices, as PyTorch's
+does, instead of finding the winners in ``x`` again), for average pooling ``avg_pool2d`` then
+``avg_pool2d_backward``. Every time is the median over ``repeats`` interleaved rounds (each
 round calls every implementation once, so a busy machine slows them all alike). Before every timed call the
 benchmark reads a buffer of ``flush_mb`` MiB (default ``FLUSH_MB``, 128), larger than the CPU's caches, twice
 over in chunks (see ``_evict``), so that every call starts with its input in main memory. Without it, each
@@ -31,7 +33,8 @@ machine of the README the NCHW kernel, timed right after another call had read t
 1.4 ms for its 2x2 forward, and 2.1 ms after a call that had read 192 MiB of other data. The Cython tier and
 PyTorch run on each thread count asked for; the others are single-threaded. A derived row ``memory-limit`` is the
 copy time scaled to the bytes the pooling pass must read and write (``x`` and the output forward; for the backward
-also ``grad_out`` and ``grad_x``, and ``x`` again for max pooling): no implementation can beat it by much.
+also ``grad_out`` and ``grad_x``, and for max pooling the int64 indices, written and read): no implementation can
+beat it by much.
 
 API
 ---
@@ -191,10 +194,16 @@ def _pool_functions(op):
 
 
 def _ours(x, grad_out, op, pass_, kwargs, backend, layout="NCHW"):
-    """A no-argument callable that runs one of our tiers the way a user would."""
+    """A no-argument callable that runs one of our tiers the way a user would. Max pooling's forward+backward
+    is PyTorch's: the forward returns the indices, and the backward reads them."""
     forward, backward = _pool_functions(op)
     if pass_ == "forward":
         return lambda: forward(x, **kwargs, layout=layout, backend=backend)
+    if pass_ == "forward+backward" and op == "max":
+        def both():
+            _, indices = forward(x, **kwargs, return_indices=True, layout=layout, backend=backend)
+            backward(grad_out, x, **kwargs, layout=layout, backend=backend, indices=indices)
+        return both
     if pass_ == "forward+backward":
         def both():
             forward(x, **kwargs, layout=layout, backend=backend)
@@ -259,14 +268,15 @@ def _evict(sweep):
         chunk.sum()
 
 
-def _bytes_moved(op, pass_, x_bytes, out_bytes):
-    """Bytes a pooling pass must read and write, at the least."""
+def _bytes_moved(op, pass_, x_bytes, out_bytes, index_bytes=0):
+    """Bytes a pooling pass must read and write, at the least. ``index_bytes``: the size of max pooling's indices,
+    which its forward+backward writes and then reads (as ``_ours`` and PyTorch run it)."""
     forward = x_bytes + out_bytes  # read x, write out
     if pass_ == "forward":
         return forward
     backward = out_bytes + x_bytes  # read grad_out, write grad_x
     if op == "max":
-        backward += x_bytes  # and read x again, to find the winners
+        backward += 2 * index_bytes  # the forward writes the indices, the backward reads them
     return forward + backward
 
 
@@ -364,8 +374,8 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
                         "_group": (op, pass_),
                     })
                     if impl == "copy" and n_threads == 1:
-                        out_bytes = int(np.prod((N, C) + out_shape)) * x.itemsize
-                        moved = _bytes_moved(op, pass_, x.nbytes, out_bytes)
+                        outputs = int(np.prod((N, C) + out_shape))
+                        moved = _bytes_moved(op, pass_, x.nbytes, outputs * x.itemsize, outputs * 8)
                         factor = moved / (2 * x.nbytes)  # the copy reads and writes x once each
                         rows.append({
                             "impl": "memory-limit", "layout": "NCHW", "op": op, "pass": pass_, "dtype": dtype,

@@ -1,6 +1,6 @@
 """The Cython tier: the compiled, multi-threaded kernels of :mod:`pooling_lib._kernels`.
 
-The four functions have the naive tier's signatures and contracts. Each takes an NCHW-*axes* array of
+The five functions have the naive tier's signatures and contracts. Each takes an NCHW-*axes* array of
 float32 or float64 in any memory order, picks the kernel for its memory order, allocates the outputs and
 calls the kernel with the GIL released:
 
@@ -11,7 +11,16 @@ calls the kernel with the GIL released:
 * any other memory order is first copied to C-contiguous NCHW.
 
 Results are bit-identical to the naive tier (average pooling's backward may differ in the last bits where
-windows overlap). Like the other tiers, this one does no argument validation of its own.
+windows overlap). Like the other tiers, this one does no argument validation of its own, except that the backward
+from indices counts the indices outside their plane as its kernel reads them, never writing there, and raises
+the tiers' ValueError when there is one.
+
+Max pooling with indices (NCHW) finds the winners with the backward's winner search, and the backward from indices
+(:func:`max_pool_backward_indices`) builds each plane of a large gradient (``STREAM_MIN_BYTES`` and up) without
+reading it first: for 2x2 stride-2 and 3x3 stride-2 padding-1 windows (AVX2 build) row by row in registers, written
+with streaming stores; otherwise scattered in a per-thread buffer that stays in the cache and then streamed out.
+A plane whose indices are not all in their own windows is scattered instead, so any index in the plane is
+honoured, as by PyTorch.
 
 ``set_num_threads(n)`` sets how many OpenMP threads the kernels use (``get_num_threads()`` reads it; the
 default is OpenMP's, usually the number of cores); ``openmp_enabled()`` tells whether the extension was
@@ -35,7 +44,7 @@ import warnings
 
 import numpy as np
 
-from .params import avg_divisors
+from .params import avg_divisors, index_error
 
 from . import _kernels  # ImportError when the extension was not built: functional then leaves this tier out
 
@@ -205,13 +214,71 @@ def max_pool_forward(x, g, minimum=False, return_indices=True):
     out = _empty(g.out_shape, x.dtype)
     if return_indices:
         indices = _empty(g.out_shape, np.int64)
-        if minimum:
+        if _float_taps(g, x.dtype) and _window_reach(g) < 2**31:
+            best = _scratch(nt, g.out_w, x.dtype)
+            tap = _scratch(nt, g.out_w, x.dtype)
+            _kernels.extremum_index_nchw(x, out, indices, best, tap, *_geometry_args(g), minimum, nt)
+        elif minimum:
             _kernels.extremum_nchw(x, out, indices, *_geometry_args(g), True, True, nt)
         else:  # the book's chapter 8 kernel
             _kernels.max_pool2d_nchw(x, out, indices, *_geometry_args(g), nt)
         return out, indices
     _kernels.extremum_nchw(x, out, np.empty((0, 0, 0, 0), dtype=np.int64), *_geometry_args(g), minimum, False, nt)
     return out, None
+
+
+def _window_reach(g):
+    """The largest offset of a tap from its window's first tap: ``(kernel_h - 1) * dilation_h * W + (kernel_w - 1)
+    * dilation_w``."""
+    return (g.kernel_h - 1) * g.dilation_h * g.W + (g.kernel_w - 1) * g.dilation_w
+
+
+def _float_taps(g, dtype):
+    """True when every tap's offset in its window is exact in ``dtype`` (below 2**24 for float32, 2**53 for
+    float64): the NCHW kernels that hold winners as float offsets need it."""
+    return _window_reach(g) < (2**24 if np.dtype(dtype) == np.float32 else 2**53)
+
+
+# Gradients of at least this many bytes are streamed to memory (non-temporal stores) by the backward from indices:
+# each plane (NHWC: image) is built in a per-thread buffer that stays in the cache, then copied out without the
+# read that an ordinary store makes of every line it writes. A gradient this large would leave the cache anyway.
+STREAM_MIN_BYTES = 8 << 20
+# ... and only when a plane (an image) is at most this large, so that the buffer stays in the cache.
+STREAM_MAX_UNIT_BYTES = 1 << 20
+
+
+def max_pool_backward_indices(grad_out, indices, x, g):
+    """Gradient of max (min) pooling from the forward's ``indices`` (int64, of ``grad_out``'s shape, NCHW axes):
+    ``grad_out`` is added to each window's indexed cell, window after window (PyTorch's backward). ``x`` gives only
+    the dtype and the layout. Raises ValueError when an index is outside its plane."""
+    if g.N == 0:
+        return np.zeros((g.N, g.C, g.H, g.W), dtype=x.dtype)
+    nt = _threads_for(g)
+    nhwc = _is_nhwc(x)
+    grad_out = grad_out.astype(x.dtype, copy=False)
+    if nhwc:
+        gm = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))
+        im = np.ascontiguousarray(indices.transpose(0, 2, 3, 1))
+        grad_x = _empty((g.N, g.H, g.W, g.C), x.dtype)
+        unit = g.H * g.W * g.C
+    else:
+        gm = np.ascontiguousarray(grad_out)
+        im = np.ascontiguousarray(indices)
+        grad_x = _empty((g.N, g.C, g.H, g.W), x.dtype)
+        unit = g.H * g.W
+    itemsize = x.dtype.itemsize
+    if grad_x.nbytes >= STREAM_MIN_BYTES and unit * itemsize <= STREAM_MAX_UNIT_BYTES:
+        stage = _scratch(nt, unit, x.dtype)
+    else:
+        stage = np.empty((0, 0), dtype=x.dtype)
+    bad = np.zeros(nt, dtype=np.int64)
+    blocks_2x2 = (g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (2, 2, 2, 2, 0, 0)
+    rows_3x3 = (g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) == (
+        3, 3, 2, 2, 1, 1, 1, 1)
+    _kernels.max_backward_indices(gm, im, grad_x, stage, bad, nhwc, blocks_2x2, rows_3x3, nt)
+    if bad.any():
+        raise index_error(int(bad.sum()), g)
+    return grad_x.transpose(0, 3, 1, 2) if nhwc else grad_x
 
 
 def max_pool_backward(grad_out, x, g, minimum=False):

@@ -13,6 +13,7 @@ from . import naive, numpy_tier
 from .params import (
     check_divisor_override,
     check_grad_out,
+    check_indices,
     check_input,
     check_layout,
     from_nchw,
@@ -87,9 +88,13 @@ def _extremum_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_
     return from_nchw(out, layout)
 
 
-def _extremum_pool_backward(grad_out, x, kernel_size, stride, padding, dilation, ceil_mode, layout, backend, minimum):
+def _extremum_pool_backward(grad_out, x, kernel_size, stride, padding, dilation, ceil_mode, layout, backend, minimum,
+                            indices):
     x_nchw, g, tier = _prepare(x, layout, backend, kernel_size, stride, padding, dilation, ceil_mode)
     grad_nchw = check_grad_out(grad_out, g.out_shape, x_nchw.dtype, layout)
+    if indices is not None:
+        index_nchw = check_indices(indices, g.out_shape, layout)
+        return from_nchw(tier.max_pool_backward_indices(grad_nchw, index_nchw, x_nchw, g), layout)
     return from_nchw(tier.max_pool_backward(grad_nchw, x_nchw, g, minimum), layout)
 
 
@@ -154,11 +159,16 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
 
 def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                        layout="NCHW", backend="auto"):
+                        layout="NCHW", backend="auto", indices=None):
     """Gradient of :func:`max_pool2d` with respect to ``x``.
 
     Each window's ``grad_out`` is routed to the window's one winner (the first maximum; a NaN if there is one);
-    a cell that wins several overlapping windows receives the sum.
+    a cell that wins several overlapping windows receives the sum, added window after window in row-major order.
+
+    Without ``indices`` the winners are found again from ``x``. With the ``indices`` that the forward returned
+    (``return_indices=True``) they are read instead, and ``x`` gives only the shape, dtype and layout: this is
+    PyTorch's own backward (``torch.ops.aten.max_pool2d_with_indices_backward`` also takes both), and it reads
+    8 bytes per window where finding the winners again reads every cell of ``x``.
 
     Parameters
     ----------
@@ -166,6 +176,10 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilati
         Gradient of the loss with respect to the pooled output.
     x : ndarray
         The forward input. Other parameters are those of :func:`max_pool2d`.
+    indices : ndarray of integers, the shape of ``grad_out``, optional
+        Each window's winner as its flat position ``h * W + w`` in its plane, as ``max_pool2d(...,
+        return_indices=True)`` returns it. Any position in the plane is accepted (as by PyTorch): the gradient
+        goes where the index says.
 
     Returns
     -------
@@ -174,7 +188,10 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilati
     Raises
     ------
     ValueError
-        ``grad_out`` does not have the forward output's shape, or any rule of :func:`max_pool2d` is broken.
+        ``grad_out`` or ``indices`` does not have the forward output's shape, an index is outside ``[0, H * W)``,
+        or any rule of :func:`max_pool2d` is broken.
+    TypeError
+        ``indices`` is not an integer array.
 
     Examples
     --------
@@ -182,9 +199,14 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilati
     >>> x = np.array([[[[1., 2., 2.]]]])
     >>> max_pool2d_backward(np.ones((1, 1, 1, 2)), x, (1, 2), stride=1)
     array([[[[0., 2., 0.]]]])
+    >>> out, idx = max_pool2d(x, (1, 2), stride=1, return_indices=True)
+    >>> idx
+    array([[[[1, 1]]]])
+    >>> max_pool2d_backward(np.ones((1, 1, 1, 2)), x, (1, 2), stride=1, indices=idx)
+    array([[[[0., 2., 0.]]]])
     """
     return _extremum_pool_backward(grad_out, x, kernel_size, stride, padding, dilation, ceil_mode, layout, backend,
-                                   minimum=False)
+                                   minimum=False, indices=indices)
 
 
 def min_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
@@ -205,13 +227,14 @@ def min_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
 
 def min_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                        layout="NCHW", backend="auto"):
-    """Gradient of :func:`min_pool2d`: each window's gradient goes to its first minimum.
+                        layout="NCHW", backend="auto", indices=None):
+    """Gradient of :func:`min_pool2d`: each window's gradient goes to its first minimum (or to ``indices``, as
+    ``min_pool2d(..., return_indices=True)`` returns them).
 
     Parameters, returns and errors are those of :func:`max_pool2d_backward`.
     """
     return _extremum_pool_backward(grad_out, x, kernel_size, stride, padding, dilation, ceil_mode, layout, backend,
-                                   minimum=True)
+                                   minimum=True, indices=indices)
 
 
 def _avg_prepare(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, layout, backend):

@@ -1,7 +1,8 @@
 """Pooling layers with a forward/backward contract, in the style of CS231n's ``layers.py``.
 
-``forward(x)`` computes the output and caches what ``backward`` needs (the input); ``backward(grad_out)``
-returns the gradient with respect to that input. A layer holds no weights, so there is nothing else to learn.
+``forward(x)`` computes the output and caches what ``backward`` needs (the input, and for max and min pooling
+the winners' indices, as PyTorch's autograd keeps them); ``backward(grad_out)`` returns the gradient with respect
+to that input. A layer holds no weights, so there is nothing else to learn.
 Every method goes through :mod:`pooling_lib.functional`, so validation and semantics are the functions'.
 """
 from . import functional as F
@@ -41,6 +42,9 @@ class _Pool:
 class MaxPool2d(_Pool):
     """Max pooling layer; the options are those of :func:`pooling_lib.max_pool2d` (no ``return_indices``).
 
+    ``forward`` keeps the winners' indices and ``backward`` routes the gradient by them, as PyTorch does: it
+    then reads 8 bytes per window instead of searching ``x`` for the winners again.
+
     >>> import numpy as np
     >>> pool = MaxPool2d(2)
     >>> pool(np.arange(16.).reshape(1, 1, 4, 4))[0, 0]
@@ -57,6 +61,21 @@ class MaxPool2d(_Pool):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, layout="NCHW", backend="auto"):
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                          ceil_mode=ceil_mode, layout=layout, backend=backend)
+        self._indices = None
+
+    def forward(self, x):
+        """Pool ``x`` and remember it and its winners' indices for :meth:`backward`."""
+        out, indices = type(self)._forward(x, **self.options, return_indices=True)
+        self._x, self._indices = x, indices
+        return out
+
+    __call__ = forward
+
+    def backward(self, grad_out):
+        """Gradient of the loss with respect to the input of the last :meth:`forward` call."""
+        if self._x is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward: there is no input to differentiate")
+        return type(self)._backward(grad_out, self._x, **self.options, indices=self._indices)
 
 
 class MinPool2d(MaxPool2d):

@@ -1,7 +1,8 @@
 """The naive tier: plain Python loops, written to be read next to the book.
 
 Every function takes an NCHW array (any strides) and a checked :class:`~pooling_lib.params.PoolGeometry`.
-They do no validation of their own: :mod:`pooling_lib.functional` has done it. This tier is the reference
+They do no validation of their own (:mod:`pooling_lib.functional` has done it), except that the backward from
+indices checks that each index lies in its plane as it reads it. This tier is the reference
 the other two are tested against, so it follows PyTorch's CPU kernels line for line:
 
 * a window's taps are visited in row-major order, skipping the ones that fall in the padding;
@@ -11,7 +12,10 @@ the other two are tested against, so it follows PyTorch's CPU kernels line for l
 """
 import numpy as np
 
-__all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"]
+from .params import index_error
+
+__all__ = ["max_pool_forward", "max_pool_backward", "max_pool_backward_indices", "avg_pool_forward",
+           "avg_pool_backward"]
 
 
 def _taps(start, kernel, dilation, length):
@@ -51,13 +55,25 @@ def max_pool_forward(x, g, minimum=False, return_indices=True):
 def max_pool_backward(grad_out, x, g, minimum=False):
     """Gradient of max (min) pooling: each window's ``grad_out`` goes to its one winner, and adds up."""
     _, indices = max_pool_forward(x, g, minimum)
+    return max_pool_backward_indices(grad_out, indices, x, g)
+
+
+def max_pool_backward_indices(grad_out, indices, x, g):
+    """Each window's ``grad_out`` added to the cell its index names (``x`` gives only the dtype)."""
     grad_x = np.zeros((g.N, g.C, g.H, g.W), dtype=x.dtype)
+    outside = 0
     for n in range(g.N):
         for c in range(g.C):
             for i in range(g.out_h):
                 for j in range(g.out_w):
-                    h, w = divmod(int(indices[n, c, i, j]), g.W)
+                    index = int(indices[n, c, i, j])
+                    if not 0 <= index < g.H * g.W:
+                        outside += 1
+                        continue
+                    h, w = divmod(index, g.W)
                     grad_x[n, c, h, w] += grad_out[n, c, i, j]  # +=: one cell may win several windows
+    if outside:
+        raise index_error(outside, g)
     return grad_x
 
 

@@ -11,9 +11,10 @@ import dataclasses
 
 import numpy as np
 
-from .params import avg_divisors, first_real_tap
+from .params import avg_divisors, first_real_tap, index_error
 
-__all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"]
+__all__ = ["max_pool_forward", "max_pool_backward", "max_pool_backward_indices", "avg_pool_forward",
+           "avg_pool_backward"]
 
 
 def _pad_amounts(g):
@@ -139,12 +140,22 @@ def _max_pool_rule(x, g, minimum=False, return_indices=True):
 
 
 def max_pool_backward(grad_out, x, g, minimum=False):
-    """Scatter-add each window's gradient to its winner, in row-major window order (as PyTorch)."""
+    """Find the winners again (the forward with indices), then :func:`max_pool_backward_indices`."""
     _, index = max_pool_forward(x, g, minimum)
+    return max_pool_backward_indices(grad_out, index, x, g)
+
+
+def max_pool_backward_indices(grad_out, indices, x, g):
+    """Scatter-add each window's gradient to its indexed cell, in row-major window order (as PyTorch).
+    ``x`` gives only the dtype."""
     plane = g.H * g.W
-    flat = index.reshape(g.N * g.C, g.out_h * g.out_w) + (np.arange(g.N * g.C, dtype=np.int64) * plane)[:, None]
+    index = indices.reshape(g.N * g.C, g.out_h * g.out_w)
+    outside = (index < 0) | (index >= plane)
+    if outside.any():
+        raise index_error(int(outside.sum()), g)
+    flat = index + (np.arange(g.N * g.C, dtype=np.int64) * plane)[:, None]
     grad_x = np.zeros(g.N * g.C * plane, dtype=x.dtype)
-    np.add.at(grad_x, flat.ravel(), np.ascontiguousarray(grad_out).ravel())
+    np.add.at(grad_x, flat.ravel(), np.ascontiguousarray(grad_out, dtype=x.dtype).ravel())
     return grad_x.reshape(g.N, g.C, g.H, g.W)
 
 

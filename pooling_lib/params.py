@@ -302,6 +302,33 @@ def check_grad_out(grad_out, expected_nchw_shape, dtype, layout):
     return to_nchw(grad_out.astype(dtype, copy=False), layout)
 
 
+def check_indices(indices, expected_nchw_shape, layout):
+    """Return ``indices`` as an int64 NCHW view; it must be an integer array of the forward output's shape (given
+    in ``layout``), as ``max_pool2d(..., return_indices=True)`` returns it. Whether each index lies in its plane
+    is checked by the tier, as it reads them (see :func:`index_error`)."""
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices must be a NumPy array of integers (what return_indices=True returns), "
+                        f"got {type(indices).__name__}")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"indices must hold integers (return_indices=True gives int64), got dtype {indices.dtype}")
+    expected = expected_nchw_shape
+    if layout == "NHWC":
+        expected = (expected[0], expected[2], expected[3], expected[1])
+    if indices.shape != tuple(expected):
+        raise ValueError(
+            f"indices must have the shape of the forward output, {tuple(expected)} ({layout}), got {indices.shape}"
+        )
+    return to_nchw(indices.astype(np.int64, copy=False), layout)
+
+
+def index_error(count, g):
+    """The ValueError for ``count`` indices outside their plane (every tier raises this one)."""
+    return ValueError(
+        f"indices must be flat positions h * W + w in their plane, in [0, H * W) = [0, {g.H * g.W}); "
+        f"found {count} outside it"
+    )
+
+
 def avg_divisors(g, count_include_pad=True, divisor_override=None):
     """The ``(out_h, out_w)`` int64 array of divisors PyTorch's average pooling uses for each window.
 

@@ -183,6 +183,75 @@ def test_extremum_pool_matches_torch_bitwise(op, i, backend):
     assert_identical(ind, t_ind, err_msg="indices")
     grad = backward(g, x, **kw, layout=layout, backend=backend)
     assert_identical(grad, t_grad, err_msg="gradient")
+    grad = backward(g, x, **kw, layout=layout, backend=backend, indices=ind)
+    assert_identical(grad, t_grad, err_msg="gradient from the indices")
+
+
+def _aten_backward(g, x, kw, indices, layout):
+    """PyTorch's backward from indices, ``aten::max_pool2d_with_indices_backward``, in our layout."""
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    t = torch.ops.aten.max_pool2d_with_indices_backward(
+        to_torch_grad(g, layout), to_torch(x, layout).detach(), pair(kw["kernel_size"]),
+        pair(kw["stride"] if kw["stride"] is not None else kw["kernel_size"]), pair(kw["padding"]),
+        pair(kw["dilation"]), kw["ceil_mode"], to_torch_grad(indices, layout))
+    return from_torch(t, layout)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("i", range(0, N_MAX_CONFIGS, 3), ids=lambda i: _describe("max", i))
+def test_backward_from_any_indices_matches_torch_bitwise(i, backend):
+    """Indices anywhere in the plane (not the winners; often several windows on one cell): the gradient goes
+    where they say, summed in window order, as in PyTorch's backward."""
+    x, kw, layout, dtype = make_case("max", i)
+    _, t_ind, g, _ = torch_extremum(i, "max")
+    plane = x.shape[1] * x.shape[2] if layout == "NHWC" else x.shape[2] * x.shape[3]
+    indices = np.random.default_rng([10, i]).integers(0, plane, t_ind.shape)
+    expected = _aten_backward(g, x, kw, indices, layout)
+    grad = pl.max_pool2d_backward(g, x, **kw, layout=layout, backend=backend, indices=indices)
+    assert_identical(grad, expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, kw", [
+    ((2, 3, 56, 56), dict(kernel_size=2, stride=2, padding=0)),   # tiled exactly: the streamed 2x2 rows (AVX2)
+    ((2, 3, 34, 30), dict(kernel_size=2, stride=2, padding=0)),   # out_w = 15: built in the buffer, then streamed
+    ((2, 3, 33, 31), dict(kernel_size=2, stride=2, padding=0, ceil_mode=True)),
+    ((2, 3, 56, 56), dict(kernel_size=3, stride=2, padding=1)),
+])
+@pytest.mark.parametrize("stray", [False, True])
+def test_streamed_backward_from_indices_matches_torch_bitwise(monkeypatch, shape, kw, dtype, layout, threads, stray):
+    """The compiled backward from indices on its streaming paths (forced with STREAM_MIN_BYTES = 0), with ties
+    and NaN; ``stray``: some indices point outside their window, so a plane half streamed must be redone by the
+    scatter."""
+    ct = pytest.importorskip("pooling_lib.cython_tier")
+    monkeypatch.setattr(ct, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(ct, "SMALL_WORK", 0)             # so that two threads really share the planes
+    previous = ct.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(list(shape) + [threads])
+        x = rng.integers(-2, 3, shape).astype(dtype)
+        x[0, 0, 5:9, 3:7] = np.nan
+        t = to_torch(x, "NCHW")
+        out, ind = TF.max_pool2d(t, **kw, return_indices=True)
+        indices = ind.numpy().copy()
+        if stray:
+            indices[1, 2, -1, -1] = 0                     # the last window of the last plane points at cell (0, 0)
+            indices[0, 1, 3, :] = shape[2] * shape[3] - 1
+        g = rng.standard_normal(indices.shape).astype(dtype)
+        g[:, :, ::3] = -0.0
+        ka = {"ceil_mode": False, "dilation": 1, **kw}
+        expected = _aten_backward(g, x, ka, indices, "NCHW")
+        if layout == "NHWC":
+            to = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
+            grad = pl.max_pool2d_backward(to(g), to(x), **kw, layout="NHWC", backend="cython", indices=to(indices))
+            grad = grad.transpose(0, 3, 1, 2)
+        else:
+            grad = pl.max_pool2d_backward(g, x, **kw, backend="cython", indices=indices)
+        assert_identical(grad, expected)
+    finally:
+        ct.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -67,8 +67,10 @@ def test_memory_limit_is_the_copy_scaled_by_the_bytes_moved(quick_run):
         if r["impl"] != "memory-limit":
             continue
         # the input (2, 4, 16, 16) pools to 8x8 with both configurations: the output is a quarter of the input
+        # (in units of x's bytes); max pooling's forward+backward also writes and reads int64 indices
         x, out = 1.0, 0.25
-        moved = x + out if r["pass"] == "forward" else (2 * x + 2 * out + (x if r["op"] == "max" else 0))
+        index = out * 8 / {"float32": 4, "float64": 8}[r["dtype"]]
+        moved = x + out if r["pass"] == "forward" else (2 * x + 2 * out + (2 * index if r["op"] == "max" else 0))
         # rows are medians of their own rounds, so compare with the factor, not the copy row's time
         assert math.isclose(float(r["scale"]), moved / 2), r
         assert (r["dtype"], r["config"]) in copy
@@ -169,3 +171,23 @@ def test_main_reruns_itself_with_a_short_openmp_spin(monkeypatch, tmp_path):
     with pytest.raises(Ran):                # one thread: nothing to wait for, no second process
         bench.main(["--quick", "--out", str(tmp_path)])
     assert len(calls) == 1
+
+
+def test_max_forward_backward_is_pytorchs_recipe(monkeypatch):
+    """The timed max-pooling forward+backward hands the backward the forward's indices (as PyTorch's autograd
+    does); average pooling's backward takes none."""
+    import numpy as np
+
+    seen = []
+    backward = functional.max_pool2d_backward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("indices"))
+        return backward(*args, **kwargs)
+    monkeypatch.setattr(bench.F, "max_pool2d_backward", spy)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    kwargs = {"kernel_size": 3, "stride": 2, "padding": 1}
+    g = np.ones((2, 3, 4, 4))
+    bench._ours(x, g, "max", "forward+backward", kwargs, "numpy")()
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0], functional.max_pool2d(x, **kwargs, return_indices=True)[1])

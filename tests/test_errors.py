@@ -453,3 +453,34 @@ def test_nhwc_backward_kernel_refuses_short_scratch_rows():
         with pytest.raises(ValueError, match=r"2 \* C = 6"):
             kernel(x, grad_out, grad_x, best, tap, *geometry, False, 1)
         assert (grad_x == 7.0).all()            # refused before anything was written
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The backward from indices
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["naive", "numpy", "cython"])
+@pytest.mark.parametrize("bad", [-1, 64, 2**63 - 1])
+def test_index_outside_the_plane_is_a_value_error(backend, bad):
+    if backend not in pl.available_backends():
+        pytest.fail(f"backend {backend} is not built")
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    out, indices = pl.max_pool2d(x, 2, return_indices=True)
+    indices[1, 2, 3, 3] = bad
+    with pytest.raises(ValueError, match=r"indices must be flat positions h \* W \+ w in their plane, in \[0, H \* W\) "
+                                         r"= \[0, 64\); found 1 outside it"):
+        pl.max_pool2d_backward(out, x, 2, indices=indices, backend=backend)
+
+
+def test_indices_of_the_wrong_shape_or_type_are_refused():
+    x = np.zeros((1, 2, 4, 4))
+    out, indices = pl.max_pool2d(x, 2, return_indices=True)
+    with pytest.raises(ValueError, match=r"indices must have the shape of the forward output, \(1, 2, 2, 2\) "
+                                         r"\(NCHW\), got \(1, 2, 2, 1\)"):
+        pl.max_pool2d_backward(out, x, 2, indices=indices[..., :1])
+    with pytest.raises(TypeError, match="indices must hold integers .* got dtype float64"):
+        pl.max_pool2d_backward(out, x, 2, indices=indices.astype(float))
+    with pytest.raises(TypeError, match="indices must be a NumPy array of integers .* got list"):
+        pl.min_pool2d_backward(out, x, 2, indices=indices.tolist())
+    nhwc = np.zeros((1, 4, 4, 2))
+    with pytest.raises(ValueError, match=r"\(1, 2, 2, 2\) \(NHWC\), got \(1, 2, 2, 1\)"):
+        pl.max_pool2d_backward(np.zeros((1, 2, 2, 2)), nhwc, 2, layout="NHWC", indices=np.zeros((1, 2, 2, 1), int))

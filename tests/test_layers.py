@@ -41,6 +41,29 @@ def test_layer_equals_functions_and_caches_its_input(cls, options, forward, back
         assert not np.array_equal(grad2, backward(g, x1, **options))
 
 
+@pytest.mark.parametrize("cls, forward", [(pl.MaxPool2d, pl.max_pool2d), (pl.MinPool2d, pl.min_pool2d)])
+def test_max_and_min_layers_route_by_the_forwards_indices(cls, forward, monkeypatch):
+    """Like PyTorch's autograd, the layer keeps the forward's indices and the backward reads them: the gradient
+    follows the winners of the forward even when the array is changed in place in between, and the backward
+    function is handed exactly those indices."""
+    layer = cls(3, stride=2, padding=1)
+    x = distinct_values((2, 3, 7, 6), seed=3)
+    _, indices = forward(x, 3, stride=2, padding=1, return_indices=True)
+    layer.forward(x)
+    g = np.random.default_rng(1).standard_normal((2, 3, 4, 3))
+    expected = layer.backward(g)
+    x[:] = x[:, :, ::-1]                                   # the winners are elsewhere now
+    seen = []
+    backward = type(layer)._backward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["indices"])
+        return backward(*args, **kwargs)
+    monkeypatch.setattr(cls, "_backward", staticmethod(spy))
+    assert_identical(layer.backward(g), expected)
+    assert_identical(seen[0], indices)
+
+
 def test_layer_call_is_forward():
     layer = pl.MaxPool2d(2)
     x = distinct_values((1, 1, 4, 4))
