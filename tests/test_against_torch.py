@@ -221,10 +221,10 @@ def test_backward_from_any_indices_matches_torch_bitwise(i, backend):
     ((2, 3, 56, 56), dict(kernel_size=3, stride=2, padding=1)),
 ])
 @pytest.mark.parametrize("stray", [False, True])
-def test_streamed_backward_from_indices_matches_torch_bitwise(monkeypatch, shape, kw, dtype, layout, threads, stray):
-    """The compiled backward from indices on its streaming paths (forced with STREAM_MIN_BYTES = 0), with ties
-    and NaN; ``stray``: some indices point outside their window, so a plane half streamed must be redone by the
-    scatter."""
+def test_streamed_paths_match_torch_bitwise(monkeypatch, shape, kw, dtype, layout, threads, stray):
+    """The compiled forward with indices and backward from indices on their streaming paths (forced with
+    STREAM_MIN_BYTES = 0), with ties and NaN; ``stray``: some indices point outside their window, so a plane half
+    streamed must be redone by the scatter. Min pooling's forward is checked against the NumPy tier."""
     ct = pytest.importorskip("pooling_lib.cython_tier")
     monkeypatch.setattr(ct, "STREAM_MIN_BYTES", 0)
     monkeypatch.setattr(ct, "SMALL_WORK", 0)             # so that two threads really share the planes
@@ -235,6 +235,18 @@ def test_streamed_backward_from_indices_matches_torch_bitwise(monkeypatch, shape
         x[0, 0, 5:9, 3:7] = np.nan
         t = to_torch(x, "NCHW")
         out, ind = TF.max_pool2d(t, **kw, return_indices=True)
+        to = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
+        xl = to(x) if layout == "NHWC" else x
+        ours, ours_ind = pl.max_pool2d(xl, **kw, layout=layout, backend="cython", return_indices=True)
+        assert_identical(ours, from_torch(out, layout), err_msg="forward values")
+        assert_identical(ours_ind, from_torch(ind, layout), err_msg="forward indices")
+        for backend in ("cython", "numpy"):
+            mins = pl.min_pool2d(xl, **kw, layout=layout, backend=backend, return_indices=True)
+            if backend == "cython":
+                expected_mins = mins
+            else:
+                assert_identical(expected_mins[0], mins[0], err_msg="min values")
+                assert_identical(expected_mins[1], mins[1], err_msg="min indices")
         indices = ind.numpy().copy()
         if stray:
             indices[1, 2, -1, -1] = 0                     # the last window of the last plane points at cell (0, 0)
@@ -244,7 +256,6 @@ def test_streamed_backward_from_indices_matches_torch_bitwise(monkeypatch, shape
         ka = {"ceil_mode": False, "dilation": 1, **kw}
         expected = _aten_backward(g, x, ka, indices, "NCHW")
         if layout == "NHWC":
-            to = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
             grad = pl.max_pool2d_backward(to(g), to(x), **kw, layout="NHWC", backend="cython", indices=to(indices))
             grad = grad.transpose(0, 3, 1, 2)
         else:
