@@ -1397,15 +1397,7 @@ cdef extern from *:
         memcpy(d, s, n);
     }
     static void pl_sfence(void) { _mm_sfence(); }
-    #endif
-    #if defined(__AVX2__)
-    #include <immintrin.h>
-    /* a 256-bit vector streamed as two 128-bit halves: q needs only 16-byte alignment, which NumPy's allocations
-       have */
-    #define PL_STREAM_PD(q, v) do { _mm_stream_pd((q), _mm256_castpd256_pd128(v)); \
-                                    _mm_stream_pd((q) + 2, _mm256_extractf128_pd((v), 1)); } while (0)
-    #endif
-    #if !defined(__SSE2__)
+    #else
     static void pl_stream_copy(void* dst, const void* src, size_t n) { memcpy(dst, src, n); }
     static void pl_sfence(void) { }
     #endif
@@ -1555,94 +1547,6 @@ cdef extern from *:
                                   Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) noexcept nogil
 
 
-cdef extern from *:
-    """
-    /* One output row of 2x2 stride-2 windows with indices, 4 windows at a time with AVX2, the values and indices
-       written with streaming stores (in the AVX2 build only; elsewhere the functions do no window): the rule of
-       _index_2x2 lane by lane (a tap takes when v > best, or v < best for min, or when it is NaN; the last tap that
-       takes wins). o and ix must be 16-byte aligned and n a multiple of 4; at: the flat index of window 0's first
-       tap. Returns the number of windows done. */
-    #if defined(__AVX2__)
-    #include <immintrin.h>
-    static Py_ssize_t pl_stream_index_2x2_f64(const double* r0, const double* r1, double* o, int64_t* ix,
-                                              Py_ssize_t n, int64_t at, int64_t W, int minimum) {
-        const __m256i c1 = _mm256_set1_epi64x(1), cw = _mm256_set1_epi64x(W), cw1 = _mm256_set1_epi64x(W + 1);
-        const __m256i step = _mm256_setr_epi64x(0, 2, 4, 6);
-        const int op = minimum ? _CMP_LT_OQ : _CMP_GT_OQ;
-        Py_ssize_t j;
-        for (j = 0; j + 4 <= n; j += 4) {
-            const __m256d a = _mm256_loadu_pd(r0 + 2 * j), a2 = _mm256_loadu_pd(r0 + 2 * j + 4);
-            const __m256d c = _mm256_loadu_pd(r1 + 2 * j), c2 = _mm256_loadu_pd(r1 + 2 * j + 4);
-            /* taps 0..3 of windows j, j+2, j+1, j+3 (lane order 0,2,1,3) */
-            const __m256d v1 = _mm256_unpackhi_pd(a, a2), v2 = _mm256_unpacklo_pd(c, c2), v3 = _mm256_unpackhi_pd(c, c2);
-            __m256d b = _mm256_unpacklo_pd(a, a2), t;
-            __m256i k = _mm256_setzero_si256();
-            #define PL_TAKE4(v, code) do { \
-                t = _mm256_or_pd(op == _CMP_LT_OQ ? _mm256_cmp_pd(v, b, _CMP_LT_OQ) : _mm256_cmp_pd(v, b, _CMP_GT_OQ), \
-                                 _mm256_cmp_pd(v, v, _CMP_UNORD_Q)); \
-                b = _mm256_blendv_pd(b, v, t); \
-                k = _mm256_blendv_epi8(k, code, _mm256_castpd_si256(t)); } while (0)
-            PL_TAKE4(v1, c1);
-            PL_TAKE4(v2, cw);
-            PL_TAKE4(v3, cw1);
-            #undef PL_TAKE4
-            b = _mm256_permute4x64_pd(b, _MM_SHUFFLE(3, 1, 2, 0));
-            k = _mm256_permute4x64_epi64(k, _MM_SHUFFLE(3, 1, 2, 0));
-            k = _mm256_add_epi64(k, _mm256_add_epi64(_mm256_set1_epi64x(at + 2 * j), step));
-            PL_STREAM_PD(o + j, b);
-            _mm_stream_si128((__m128i*) (ix + j), _mm256_castsi256_si128(k));
-            _mm_stream_si128((__m128i*) (ix + j + 2), _mm256_extracti128_si256(k, 1));
-        }
-        return j;
-    }
-    static Py_ssize_t pl_stream_index_2x2_f32(const float* r0, const float* r1, float* o, int64_t* ix,
-                                              Py_ssize_t n, int64_t at, int64_t W, int minimum) {
-        const __m128i c1 = _mm_set1_epi32(1), cw = _mm_set1_epi32((int) W), cw1 = _mm_set1_epi32((int) W + 1);
-        const __m256i step = _mm256_setr_epi64x(0, 2, 4, 6);
-        Py_ssize_t j;
-        for (j = 0; j + 4 <= n; j += 4) {
-            const __m128 a = _mm_loadu_ps(r0 + 2 * j), a2 = _mm_loadu_ps(r0 + 2 * j + 4);
-            const __m128 c = _mm_loadu_ps(r1 + 2 * j), c2 = _mm_loadu_ps(r1 + 2 * j + 4);
-            const __m128 v1 = _mm_shuffle_ps(a, a2, _MM_SHUFFLE(3, 1, 3, 1));
-            const __m128 v2 = _mm_shuffle_ps(c, c2, _MM_SHUFFLE(2, 0, 2, 0));
-            const __m128 v3 = _mm_shuffle_ps(c, c2, _MM_SHUFFLE(3, 1, 3, 1));
-            __m128 b = _mm_shuffle_ps(a, a2, _MM_SHUFFLE(2, 0, 2, 0)), t;
-            __m128i k = _mm_setzero_si128();
-            __m256i k64;
-            #define PL_TAKE4(v, code) do { \
-                t = _mm_or_ps(minimum ? _mm_cmplt_ps(v, b) : _mm_cmpgt_ps(v, b), _mm_cmpunord_ps(v, v)); \
-                b = _mm_blendv_ps(b, v, t); \
-                k = _mm_blendv_epi8(k, code, _mm_castps_si128(t)); } while (0)
-            PL_TAKE4(v1, c1);
-            PL_TAKE4(v2, cw);
-            PL_TAKE4(v3, cw1);
-            #undef PL_TAKE4
-            k64 = _mm256_add_epi64(_mm256_cvtepi32_epi64(k), _mm256_add_epi64(_mm256_set1_epi64x(at + 2 * j), step));
-            _mm_stream_ps(o + j, b);
-            _mm_stream_si128((__m128i*) (ix + j), _mm256_castsi256_si128(k64));
-            _mm_stream_si128((__m128i*) (ix + j + 2), _mm256_extracti128_si256(k64, 1));
-        }
-        return j;
-    }
-    #else
-    static Py_ssize_t pl_stream_index_2x2_f64(const double* r0, const double* r1, double* o, int64_t* ix,
-                                              Py_ssize_t n, int64_t at, int64_t W, int minimum) {
-        (void) r0; (void) r1; (void) o; (void) ix; (void) n; (void) at; (void) W; (void) minimum;
-        return 0;
-    }
-    static Py_ssize_t pl_stream_index_2x2_f32(const float* r0, const float* r1, float* o, int64_t* ix,
-                                              Py_ssize_t n, int64_t at, int64_t W, int minimum) {
-        (void) r0; (void) r1; (void) o; (void) ix; (void) n; (void) at; (void) W; (void) minimum;
-        return 0;
-    }
-    #endif
-    """
-    Py_ssize_t pl_stream_index_2x2_f64(const double* r0, const double* r1, double* o, int64_t* ix, Py_ssize_t n,
-                                       int64_t at, int64_t W, int minimum) noexcept nogil
-    Py_ssize_t pl_stream_index_2x2_f32(const float* r0, const float* r1, float* o, int64_t* ix, Py_ssize_t n,
-                                       int64_t at, int64_t W, int minimum) noexcept nogil
-
-
 cdef inline void _index_2x2(const floating* r0, const floating* r1, floating* o, int64_t* ix, int64_t at,
                             int64_t W, Py_ssize_t out_w, rule_t* rule) noexcept nogil:
     """One output row of 2x2 stride-2 windows: each window's winner (the last tap that takes, in scan order) and
@@ -1681,12 +1585,11 @@ cdef inline void _index_row(const floating* xp, floating* o, int64_t* ix, const 
 cdef void _plane_vals_index(const floating* xp, floating* op, int64_t* ip, floating* best, floating* tap,
                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t kh,
                             Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
-                            Py_ssize_t dw, const floating* nxt, bint stream, rule_t* rule) noexcept nogil:
+                            Py_ssize_t dw, const floating* nxt, rule_t* rule) noexcept nogil:
     """Max (min) pooling of one NCHW plane with winner indices, on the backward's winner search: per output row,
     the winners' tap offsets (:func:`_winner_row`), then each window's index and value (the winner's own value,
     so a NaN keeps its bits). Every window must hold a real cell, and the taps must be exact in the float type
-    (the caller checks both). ``stream``: write the 2x2 stride-2 rows with streaming stores
-    (``pl_stream_index_2x2_*``; the caller checks that the rows are 16-byte aligned and ``out_w`` a multiple of 4)."""
+    (the caller checks both)."""
     cdef Py_ssize_t i, j, jl, jh, j0, corner
     cdef Py_ssize_t reach = (2 if nxt != NULL else 1) * H
     cdef floating* o
@@ -1694,16 +1597,8 @@ cdef void _plane_vals_index(const floating* xp, floating* op, int64_t* ip, float
     if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw):
         for i in range(out_h):
             _prefetch_rows(xp, 2 * (i + PF_AHEAD), 2 * (i + PF_AHEAD) + 2, W, reach)
-            if stream:
-                if floating is float:
-                    pl_stream_index_2x2_f32(xp + 2 * i * W, xp + (2 * i + 1) * W, op + i * out_w, ip + i * out_w,
-                                            out_w, 2 * i * W, W, _is_min(rule))
-                else:
-                    pl_stream_index_2x2_f64(xp + 2 * i * W, xp + (2 * i + 1) * W, op + i * out_w, ip + i * out_w,
-                                            out_w, 2 * i * W, W, _is_min(rule))
-            else:
-                _index_2x2(xp + 2 * i * W, xp + (2 * i + 1) * W, op + i * out_w, ip + i * out_w, 2 * i * W, W,
-                           out_w, rule)
+            _index_2x2(xp + 2 * i * W, xp + (2 * i + 1) * W, op + i * out_w, ip + i * out_w, 2 * i * W, W, out_w,
+                       rule)
         return
     _interior(out_w, kw, sw, pw, dw, W, &jl, &jh)
     for i in range(out_h):
@@ -1734,13 +1629,12 @@ cdef void _plane_vals_index(const floating* xp, floating* op, int64_t* ip, float
 
 def extremum_index_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
                         floating[:, ::1] best_buf, floating[:, ::1] tap_buf, int kh, int kw, int sh, int sw, int ph,
-                        int pw, int dh, int dw, bint minimum, bint stream, int num_threads):
+                        int pw, int dh, int dw, bint minimum, int num_threads):
     """Max (min) pooling of a C-contiguous NCHW batch with the winners' indices, for geometries where every
     window holds a real cell and a winner's offset in its window, ``(kh - 1) * dh * W + (kw - 1) * dw``, is below
     2**24 (the tier checks both; :func:`max_pool2d_nchw` does the rest). The same bits as that kernel; each plane is
     scanned for NaN first as in :func:`extremum_nchw`. ``best_buf`` and ``tap_buf``: a scratch row of at least
-    ``out_w`` values per thread. ``stream``: the caller asks for streaming stores (a large output); they are used
-    for 2x2 stride-2 windows in the AVX2 build, when the rows allow them."""
+    ``out_w`` values per thread."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
     cdef Py_ssize_t plane, tid
@@ -1753,8 +1647,6 @@ def extremum_index_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] o
     cdef bint k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw)
     if N * C == 0:
         return
-    stream = (stream and k2s2 and PL_AVX2 and out_w % 4 == 0 and (<size_t> &out[0, 0, 0, 0]) % 16 == 0
-              and (<size_t> &indices[0, 0, 0, 0]) % 16 == 0)
     if (min(best_buf.shape[0], tap_buf.shape[0]) < max(num_threads, 1)
             or min(best_buf.shape[1], tap_buf.shape[1]) < out_w):
         raise ValueError(f"best_buf and tap_buf need a row of at least out_w = {out_w} values for each of the "
@@ -1772,18 +1664,16 @@ def extremum_index_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] o
             if k2s2 or _has_nan(xp, H * W):
                 if minimum:
                     _plane_vals_index(xp, op, ip, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
-                                      nxt, stream, <MinRule*> NULL)
+                                      nxt, <MinRule*> NULL)
                 else:
                     _plane_vals_index(xp, op, ip, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw,
-                                      nxt, stream, <MaxRule*> NULL)
+                                      nxt, <MaxRule*> NULL)
             elif minimum:
                 _plane_vals_index(xp, op, ip, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt,
-                                  stream, <MinRuleNoNaN*> NULL)
+                                  <MinRuleNoNaN*> NULL)
             else:
                 _plane_vals_index(xp, op, ip, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt,
-                                  stream, <MaxRuleNoNaN*> NULL)
-        if stream:
-            pl_sfence()
+                                  <MaxRuleNoNaN*> NULL)
 
 
 cdef extern from *:
@@ -1819,6 +1709,10 @@ cdef extern from *:
        +0 lane by lane, the same values as the loop above. */
     #if defined(__AVX2__)
     #include <immintrin.h>
+    /* a 256-bit vector streamed as two 128-bit halves: q needs only 16-byte alignment, which NumPy's allocations
+       have */
+    #define PL_STREAM_PD(q, v) do { _mm_stream_pd((q), _mm256_castpd256_pd128(v)); \
+                                    _mm_stream_pd((q) + 2, _mm256_extractf128_pd((v), 1)); } while (0)
     static Py_ssize_t pl_stream_row_2x2_f64(double* q0, double* q1, const double* g, const int64_t* ix,
                                             Py_ssize_t n, int64_t at, int64_t W) {
         const __m256i step = _mm256_set1_epi64x(8), c1 = _mm256_set1_epi64x(1), cw = _mm256_set1_epi64x(W);

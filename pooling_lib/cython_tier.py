@@ -217,8 +217,7 @@ def max_pool_forward(x, g, minimum=False, return_indices=True):
         if _float_taps(g, x.dtype) and _window_reach(g) < 2**31:
             best = _scratch(nt, g.out_w, x.dtype)
             tap = _scratch(nt, g.out_w, x.dtype)
-            stream = indices.nbytes >= STREAM_MIN_BYTES
-            _kernels.extremum_index_nchw(x, out, indices, best, tap, *_geometry_args(g), minimum, stream, nt)
+            _kernels.extremum_index_nchw(x, out, indices, best, tap, *_geometry_args(g), minimum, nt)
         elif minimum:
             _kernels.extremum_nchw(x, out, indices, *_geometry_args(g), True, True, nt)
         else:  # the book's chapter 8 kernel
