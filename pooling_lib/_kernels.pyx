@@ -162,10 +162,13 @@ cdef extern from *:
         }
     #if defined(__GNUC__) || defined(__clang__)
     #define PL_NOINLINE __attribute__((noinline))
+    #define PL_INLINE inline __attribute__((always_inline))
     #elif defined(_MSC_VER)
     #define PL_NOINLINE __declspec(noinline)
+    #define PL_INLINE __forceinline
     #else
     #define PL_NOINLINE
+    #define PL_INLINE inline
     #endif
     #define PL_GRAD_2X2(NAME, T) \
     static PL_NOINLINE void NAME(const T* __restrict p0, const T* __restrict p1, const T* __restrict g, \
@@ -237,15 +240,31 @@ cdef extern from *:
         A = _mm256_shuffle_ps(lo_, hi_, _MM_SHUFFLE(2, 0, 2, 0)); \
         B = _mm256_shuffle_ps(lo_, hi_, _MM_SHUFFLE(3, 1, 3, 1)); \
         C = _mm256_shuffle_ps(lo2_, hi2_, _MM_SHUFFLE(2, 0, 2, 0)); } while (0)
-    #define PL_FOLD8(OP) do { \
+    #define PL_FOLD8(OP) do {                   /* the nine taps v0 .. v8 folded into b, in scan order */ \
         b = OP(v1, v0); b = OP(v2, b); b = OP(v3, b); b = OP(v4, b); \
         b = OP(v5, b); b = OP(v6, b); b = OP(v7, b); b = OP(v8, b); } while (0)
 
+    /* The first window of the next block of B windows, for windows j.. of [jl, jh) when blocks may start at most
+       at window last (their reads stay in the row): j itself when it can, else the block moved back to end at jh
+       (overlapping the one before), or -1 when no block is left. */
+    static inline Py_ssize_t pl_next_block(Py_ssize_t j, Py_ssize_t jl, Py_ssize_t jh, Py_ssize_t last,
+                                           Py_ssize_t B) {
+        Py_ssize_t jb;
+        if (j + B <= jh && j <= last)
+            return j;
+        jb = jh - B < last ? jh - B : last;
+        return (jb < jl || jb + B <= j) ? -1 : jb;
+    }
+
     /* Windows j in [jl, jh), all nine taps real (rows r0, r0 + W, r0 + 2W; window j starts at column 2j + off).
        A block of 8 windows reads columns up to 2j + off + 17, so it is used only where that stays in the row; the
-       last block may be moved back to overlap the one before. Returns the first window it left to the caller. */
-    static Py_ssize_t pl_taps_3x3s2_avx2(float* tap, const float* r0, Py_ssize_t W, Py_ssize_t jl, Py_ssize_t jh,
-                                         Py_ssize_t off, int minimum) {
+       last block may be moved back to overlap the one before. Returns the first window it left to the caller.
+       With ix NULL, tap[j] gets the winner's tap number; otherwise out[j] gets the window's best value and ix[j]
+       the winner's flat index, at + 2j + the tap number (at: the flat index of window 0's first tap). Always
+       inlined, so that each of the two callers below gets a copy without the test of ix. */
+    static PL_INLINE Py_ssize_t pl_3x3s2_avx2_f32(float* tap, float* out, int64_t* ix, const float* r0, Py_ssize_t W,
+                                                  Py_ssize_t jl, Py_ssize_t jh, Py_ssize_t off, int minimum,
+                                                  int64_t at) {
         const float fw = (float) W;
         const __m256 o1 = _mm256_set1_ps(1.0f), o2 = _mm256_set1_ps(2.0f), o3 = _mm256_set1_ps(fw);
         const __m256 o4 = _mm256_set1_ps(fw + 1.0f), o5 = _mm256_set1_ps(fw + 2.0f);
@@ -258,13 +277,9 @@ cdef extern from *:
         while (j < jh) {
             __m256 v0, v1, v2, v3, v4, v5, v6, v7, v8, b, t;
             const float* p;
-            if (j + 8 <= jh && j <= last) {
-                jb = j;
-            } else {
-                jb = jh - 8 < last ? jh - 8 : last;
-                if (jb < jl || jb + 8 <= j)
-                    return j;
-            }
+            jb = pl_next_block(j, jl, jh, last, 8);
+            if (jb < 0)
+                return j;
             p = r0 + 2 * jb + off;
             PL_ROW8(p, v0, v1, v2);
             PL_ROW8(p + W, v3, v4, v5);
@@ -280,21 +295,42 @@ cdef extern from *:
             t = _mm256_blendv_ps(t, zero, _mm256_cmp_ps(v0, b, _CMP_EQ_OQ));
             /* lanes 0,1,4,5,2,3,6,7 back into window order: swap the middle two 64-bit pairs */
             t = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(t), _MM_SHUFFLE(3, 1, 2, 0)));
-            _mm256_storeu_ps(tap + jb, t);
+            if (ix == NULL) {
+                _mm256_storeu_ps(tap + jb, t);
+            } else {                                /* tap numbers are small whole numbers: exact as int32 */
+                const __m256i ti = _mm256_cvttps_epi32(t);
+                const __m256i base = _mm256_add_epi64(_mm256_set1_epi64x(at + 2 * jb), _mm256_setr_epi64x(0, 2, 4, 6));
+                b = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(b), _MM_SHUFFLE(3, 1, 2, 0)));
+                _mm256_storeu_ps(out + jb, b);
+                _mm256_storeu_si256((__m256i*) (ix + jb), _mm256_add_epi64(base,
+                                    _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ti))));
+                _mm256_storeu_si256((__m256i*) (ix + jb + 4), _mm256_add_epi64(_mm256_add_epi64(base,
+                                    _mm256_set1_epi64x(8)), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ti, 1))));
+            }
             j = jb + 8;
         }
         return j;
     }
     #else
-    static Py_ssize_t pl_taps_3x3s2_avx2(float* tap, const float* r0, Py_ssize_t W, Py_ssize_t jl, Py_ssize_t jh,
-                                         Py_ssize_t off, int minimum) {
-        (void) tap; (void) r0; (void) W; (void) jh; (void) off; (void) minimum;
+    static Py_ssize_t pl_3x3s2_avx2_f32(float* tap, float* out, int64_t* ix, const float* r0, Py_ssize_t W,
+                                        Py_ssize_t jl, Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) {
+        (void) tap; (void) out; (void) ix; (void) r0; (void) W; (void) jh; (void) off; (void) minimum; (void) at;
         return jl;
     }
     #endif
+    static Py_ssize_t pl_taps_3x3s2_avx2(float* tap, const float* r0, Py_ssize_t W, Py_ssize_t jl, Py_ssize_t jh,
+                                         Py_ssize_t off, int minimum) {
+        return pl_3x3s2_avx2_f32(tap, NULL, NULL, r0, W, jl, jh, off, minimum, 0);
+    }
+    static Py_ssize_t pl_index_3x3s2_f32(float* out, int64_t* ix, const float* r0, Py_ssize_t W, Py_ssize_t jl,
+                                         Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) {
+        return pl_3x3s2_avx2_f32(NULL, out, ix, r0, W, jl, jh, off, minimum, at);
+    }
     """
     Py_ssize_t pl_taps_3x3s2_avx2(float* tap, const float* r0, Py_ssize_t W, Py_ssize_t jl, Py_ssize_t jh,
                                   Py_ssize_t off, int minimum) noexcept nogil
+    Py_ssize_t pl_index_3x3s2_f32(float* out, int64_t* ix, const float* r0, Py_ssize_t W, Py_ssize_t jl,
+                                  Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) noexcept nogil
 
 cdef extern from *:
     """
@@ -1408,65 +1444,12 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* Winners of 3x3 stride-2 windows with their values and flat indices, for rows without NaN, in the AVX2 build
-       only (elsewhere the functions handle no window): window j (in [jl, jh), nine real taps on rows r0, r0 + W,
-       r0 + 2W, first tap at column 2j + off, flat index at + 2j) gets out[j] = its best value and ix[j] = at + 2j +
-       the winner's offset. Lane by lane the operations of _winner9 (a max (min) fold in scan order, then the first
-       tap equal to the result); float does 8 windows at a time (PL_ROW8, PL_FOLD8), double 4. A block is used only
-       where its reads stay in the row; the last one may be moved back to overlap the one before. Returns the
-       first window left to the caller. */
+    /* Winners of 3x3 stride-2 float64 windows with their values and flat indices, for rows without NaN, 4 at a time
+       in the AVX2 build only (elsewhere the function handles no window): as pl_index_3x3s2_f32 (pl_3x3s2_avx2_f32),
+       lane by lane the operations of _winner9 (a max (min) fold in scan order, then the first tap equal to the
+       result). */
     #if defined(__AVX2__)
     #include <immintrin.h>
-    static Py_ssize_t pl_index_3x3s2_f32(float* out, int64_t* ix, const float* r0, Py_ssize_t W, Py_ssize_t jl,
-                                         Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) {
-        const __m256i o1 = _mm256_set1_epi32(1), o2 = _mm256_set1_epi32(2), o3 = _mm256_set1_epi32((int) W);
-        const __m256i o4 = _mm256_set1_epi32((int) W + 1), o5 = _mm256_set1_epi32((int) W + 2);
-        const __m256i o6 = _mm256_set1_epi32(2 * (int) W), o7 = _mm256_set1_epi32(2 * (int) W + 1);
-        const __m256i o8 = _mm256_set1_epi32(2 * (int) W + 2), zero = _mm256_setzero_si256();
-        const __m256i step = _mm256_setr_epi64x(0, 2, 4, 6), half = _mm256_set1_epi64x(8);
-        Py_ssize_t j = jl, jb, last;
-        if (W - 18 - off < 0)
-            return jl;
-        last = (W - 18 - off) / 2;
-        while (j < jh) {
-            __m256 v0, v1, v2, v3, v4, v5, v6, v7, v8, b;
-            __m256i t, base;
-            const float* p;
-            if (j + 8 <= jh && j <= last) {
-                jb = j;
-            } else {
-                jb = jh - 8 < last ? jh - 8 : last;
-                if (jb < jl || jb + 8 <= j)
-                    return j;
-            }
-            p = r0 + 2 * jb + off;
-            PL_ROW8(p, v0, v1, v2);
-            PL_ROW8(p + W, v3, v4, v5);
-            PL_ROW8(p + 2 * W, v6, v7, v8);
-            if (minimum) PL_FOLD8(_mm256_min_ps); else PL_FOLD8(_mm256_max_ps);
-            #define PL_EQ8(v) _mm256_castps_si256(_mm256_cmp_ps(v, b, _CMP_EQ_OQ))
-            t = _mm256_blendv_epi8(o8, o7, PL_EQ8(v7));
-            t = _mm256_blendv_epi8(t, o6, PL_EQ8(v6));
-            t = _mm256_blendv_epi8(t, o5, PL_EQ8(v5));
-            t = _mm256_blendv_epi8(t, o4, PL_EQ8(v4));
-            t = _mm256_blendv_epi8(t, o3, PL_EQ8(v3));
-            t = _mm256_blendv_epi8(t, o2, PL_EQ8(v2));
-            t = _mm256_blendv_epi8(t, o1, PL_EQ8(v1));
-            t = _mm256_blendv_epi8(t, zero, PL_EQ8(v0));
-            #undef PL_EQ8
-            /* lanes 0,1,4,5,2,3,6,7 back into window order: swap the middle two 64-bit pairs */
-            t = _mm256_permute4x64_epi64(t, _MM_SHUFFLE(3, 1, 2, 0));
-            b = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(b), _MM_SHUFFLE(3, 1, 2, 0)));
-            _mm256_storeu_ps(out + jb, b);
-            base = _mm256_add_epi64(_mm256_set1_epi64x(at + 2 * jb), step);
-            _mm256_storeu_si256((__m256i*) (ix + jb),
-                                _mm256_add_epi64(base, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(t))));
-            _mm256_storeu_si256((__m256i*) (ix + jb + 4), _mm256_add_epi64(_mm256_add_epi64(base, half),
-                                _mm256_cvtepi32_epi64(_mm256_extracti128_si256(t, 1))));
-            j = jb + 8;
-        }
-        return j;
-    }
     /* one row's taps q + 2k, q + 2k + 1, q + 2k + 2 of windows k = 0..3, in the lane order 0,2,1,3 */
     #define PL_ROW4(p, A, B, C) do { \
         __m256d lo_ = _mm256_loadu_pd(p), hi_ = _mm256_loadu_pd((p) + 4); \
@@ -1488,26 +1471,14 @@ cdef extern from *:
             __m256d v0, v1, v2, v3, v4, v5, v6, v7, v8, b;
             __m256i t;
             const double* p;
-            if (j + 4 <= jh && j <= last) {
-                jb = j;
-            } else {
-                jb = jh - 4 < last ? jh - 4 : last;
-                if (jb < jl || jb + 4 <= j)
-                    return j;
-            }
+            jb = pl_next_block(j, jl, jh, last, 4);
+            if (jb < 0)
+                return j;
             p = r0 + 2 * jb + off;
             PL_ROW4(p, v0, v1, v2);
             PL_ROW4(p + W, v3, v4, v5);
             PL_ROW4(p + 2 * W, v6, v7, v8);
-            if (minimum) {
-                b = _mm256_min_pd(v1, v0); b = _mm256_min_pd(v2, b); b = _mm256_min_pd(v3, b);
-                b = _mm256_min_pd(v4, b); b = _mm256_min_pd(v5, b); b = _mm256_min_pd(v6, b);
-                b = _mm256_min_pd(v7, b); b = _mm256_min_pd(v8, b);
-            } else {
-                b = _mm256_max_pd(v1, v0); b = _mm256_max_pd(v2, b); b = _mm256_max_pd(v3, b);
-                b = _mm256_max_pd(v4, b); b = _mm256_max_pd(v5, b); b = _mm256_max_pd(v6, b);
-                b = _mm256_max_pd(v7, b); b = _mm256_max_pd(v8, b);
-            }
+            if (minimum) PL_FOLD8(_mm256_min_pd); else PL_FOLD8(_mm256_max_pd);
             #define PL_EQ4(v) _mm256_castpd_si256(_mm256_cmp_pd(v, b, _CMP_EQ_OQ))
             t = _mm256_blendv_epi8(o8, o7, PL_EQ4(v7));
             t = _mm256_blendv_epi8(t, o6, PL_EQ4(v6));
@@ -1529,11 +1500,6 @@ cdef extern from *:
         return j;
     }
     #else
-    static Py_ssize_t pl_index_3x3s2_f32(float* out, int64_t* ix, const float* r0, Py_ssize_t W, Py_ssize_t jl,
-                                         Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) {
-        (void) out; (void) ix; (void) r0; (void) W; (void) jh; (void) off; (void) minimum; (void) at;
-        return jl;
-    }
     static Py_ssize_t pl_index_3x3s2_f64(double* out, int64_t* ix, const double* r0, Py_ssize_t W, Py_ssize_t jl,
                                          Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) {
         (void) out; (void) ix; (void) r0; (void) W; (void) jh; (void) off; (void) minimum; (void) at;
@@ -1541,8 +1507,6 @@ cdef extern from *:
     }
     #endif
     """
-    Py_ssize_t pl_index_3x3s2_f32(float* out, int64_t* ix, const float* r0, Py_ssize_t W, Py_ssize_t jl,
-                                  Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) noexcept nogil
     Py_ssize_t pl_index_3x3s2_f64(double* out, int64_t* ix, const double* r0, Py_ssize_t W, Py_ssize_t jl,
                                   Py_ssize_t jh, Py_ssize_t off, int minimum, int64_t at) noexcept nogil
 
@@ -1713,27 +1677,31 @@ cdef extern from *:
        have */
     #define PL_STREAM_PD(q, v) do { _mm_stream_pd((q), _mm256_castpd256_pd128(v)); \
                                     _mm_stream_pd((q) + 2, _mm256_extractf128_pd((v), 1)); } while (0)
+    /* The 64-bit masks of 4 windows whose index is at cell 0, 1, W or W + 1 of their block (base: each window's
+       first cell); returns 0 when some window's index is at none of them. */
+    static inline int pl_block_masks(const int64_t* ix, __m256i base, int64_t W, __m256i m[4]) {
+        const __m256i d = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i*) ix), base);
+        m[0] = _mm256_cmpeq_epi64(d, _mm256_setzero_si256());
+        m[1] = _mm256_cmpeq_epi64(d, _mm256_set1_epi64x(1));
+        m[2] = _mm256_cmpeq_epi64(d, _mm256_set1_epi64x(W));
+        m[3] = _mm256_cmpeq_epi64(d, _mm256_set1_epi64x(W + 1));
+        return _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_or_si256(_mm256_or_si256(m[0], m[1]),
+                                                                       _mm256_or_si256(m[2], m[3])))) == 15;
+    }
     static Py_ssize_t pl_stream_row_2x2_f64(double* q0, double* q1, const double* g, const int64_t* ix,
                                             Py_ssize_t n, int64_t at, int64_t W) {
-        const __m256i step = _mm256_set1_epi64x(8), c1 = _mm256_set1_epi64x(1), cw = _mm256_set1_epi64x(W);
-        const __m256i cw1 = _mm256_set1_epi64x(W + 1), zero = _mm256_setzero_si256();
-        __m256i base = _mm256_add_epi64(_mm256_set1_epi64x(at), _mm256_setr_epi64x(0, 2, 4, 6));
+        __m256i base = _mm256_add_epi64(_mm256_set1_epi64x(at), _mm256_setr_epi64x(0, 2, 4, 6)), m[4];
         Py_ssize_t j;
-        for (j = 0; j + 4 <= n; j += 4, base = _mm256_add_epi64(base, step)) {
-            const __m256i d = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i*) (ix + j)), base);
-            const __m256d m0 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(d, zero));
-            const __m256d m1 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(d, c1));
-            const __m256d m2 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(d, cw));
-            const __m256d m3 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(d, cw1));
+        for (j = 0; j + 4 <= n; j += 4, base = _mm256_add_epi64(base, _mm256_set1_epi64x(8))) {
             const __m256d gz = _mm256_add_pd(_mm256_setzero_pd(), _mm256_loadu_pd(g + j));
             __m256d e0, e1, lo, hi;
-            if (_mm256_movemask_pd(_mm256_or_pd(_mm256_or_pd(m0, m1), _mm256_or_pd(m2, m3))) != 15)
+            if (!pl_block_masks(ix + j, base, W, m))
                 return -1;
-            e0 = _mm256_and_pd(m0, gz); e1 = _mm256_and_pd(m1, gz);
+            e0 = _mm256_and_pd(_mm256_castsi256_pd(m[0]), gz); e1 = _mm256_and_pd(_mm256_castsi256_pd(m[1]), gz);
             lo = _mm256_unpacklo_pd(e0, e1); hi = _mm256_unpackhi_pd(e0, e1);
             PL_STREAM_PD(q0 + 2 * j, _mm256_permute2f128_pd(lo, hi, 0x20));
             PL_STREAM_PD(q0 + 2 * j + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
-            e0 = _mm256_and_pd(m2, gz); e1 = _mm256_and_pd(m3, gz);
+            e0 = _mm256_and_pd(_mm256_castsi256_pd(m[2]), gz); e1 = _mm256_and_pd(_mm256_castsi256_pd(m[3]), gz);
             lo = _mm256_unpacklo_pd(e0, e1); hi = _mm256_unpackhi_pd(e0, e1);
             PL_STREAM_PD(q1 + 2 * j, _mm256_permute2f128_pd(lo, hi, 0x20));
             PL_STREAM_PD(q1 + 2 * j + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
@@ -1747,24 +1715,17 @@ cdef extern from *:
     }
     static Py_ssize_t pl_stream_row_2x2_f32(float* q0, float* q1, const float* g, const int64_t* ix,
                                             Py_ssize_t n, int64_t at, int64_t W) {
-        const __m256i step = _mm256_set1_epi64x(8), c1 = _mm256_set1_epi64x(1), cw = _mm256_set1_epi64x(W);
-        const __m256i cw1 = _mm256_set1_epi64x(W + 1), zero = _mm256_setzero_si256();
-        __m256i base = _mm256_add_epi64(_mm256_set1_epi64x(at), _mm256_setr_epi64x(0, 2, 4, 6));
+        __m256i base = _mm256_add_epi64(_mm256_set1_epi64x(at), _mm256_setr_epi64x(0, 2, 4, 6)), m[4];
         Py_ssize_t j;
-        for (j = 0; j + 4 <= n; j += 4, base = _mm256_add_epi64(base, step)) {
-            const __m256i d = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i*) (ix + j)), base);
-            const __m128 m0 = pl_narrow_mask(_mm256_cmpeq_epi64(d, zero));
-            const __m128 m1 = pl_narrow_mask(_mm256_cmpeq_epi64(d, c1));
-            const __m128 m2 = pl_narrow_mask(_mm256_cmpeq_epi64(d, cw));
-            const __m128 m3 = pl_narrow_mask(_mm256_cmpeq_epi64(d, cw1));
+        for (j = 0; j + 4 <= n; j += 4, base = _mm256_add_epi64(base, _mm256_set1_epi64x(8))) {
             const __m128 gz = _mm_add_ps(_mm_setzero_ps(), _mm_loadu_ps(g + j));
             __m128 e0, e1;
-            if (_mm_movemask_ps(_mm_or_ps(_mm_or_ps(m0, m1), _mm_or_ps(m2, m3))) != 15)
+            if (!pl_block_masks(ix + j, base, W, m))
                 return -1;
-            e0 = _mm_and_ps(m0, gz); e1 = _mm_and_ps(m1, gz);
+            e0 = _mm_and_ps(pl_narrow_mask(m[0]), gz); e1 = _mm_and_ps(pl_narrow_mask(m[1]), gz);
             _mm_stream_ps(q0 + 2 * j, _mm_unpacklo_ps(e0, e1));
             _mm_stream_ps(q0 + 2 * j + 4, _mm_unpackhi_ps(e0, e1));
-            e0 = _mm_and_ps(m2, gz); e1 = _mm_and_ps(m3, gz);
+            e0 = _mm_and_ps(pl_narrow_mask(m[2]), gz); e1 = _mm_and_ps(pl_narrow_mask(m[3]), gz);
             _mm_stream_ps(q1 + 2 * j, _mm_unpacklo_ps(e0, e1));
             _mm_stream_ps(q1 + 2 * j + 4, _mm_unpackhi_ps(e0, e1));
         }
@@ -1810,32 +1771,30 @@ cdef extern from *:
         if ((k) + 4 < (M)) { I = _mm256_loadu_si256((const __m256i*) ((ii) + (k) + 1)); G = LOADG((gg) + (k) + 1); } \
         else { I = _mm256_setr_epi64x((ii)[(k) + 1], (ii)[(k) + 2], (ii)[(k) + 3], -1); \
                G = SETG((gg)[(k) + 1], (gg)[(k) + 2], (gg)[(k) + 3], ZG); } } while (0)
+    /* acc += the gradients g of the lanes whose index i is pos (lane by lane: + g or + 0), counting the matches */
+    #define PL_PICK4D(acc, i, pos, g) do { \
+        const __m256d m_ = _mm256_castsi256_pd(_mm256_cmpeq_epi64((i), (pos))); \
+        hits += __builtin_popcount(_mm256_movemask_pd(m_)); \
+        acc = _mm256_add_pd(acc, _mm256_and_pd(m_, (g))); } while (0)
+    #define PL_PICK4S(acc, i, pos, g) do { \
+        const __m128 m_ = pl_narrow_mask(_mm256_cmpeq_epi64((i), (pos))); \
+        hits += __builtin_popcount(_mm_movemask_ps(m_)); \
+        acc = _mm_add_ps(acc, _mm_and_ps(m_, (g))); } while (0)
     static Py_ssize_t pl_stream_row_3x3_f64(double* q, const int64_t* ia, const double* ga, const int64_t* ib,
                                             const double* gb, Py_ssize_t M, int64_t pos0) {
-        const __m256i two = _mm256_set1_epi64x(2), one = _mm256_set1_epi64x(1);
-        const __m256d z = _mm256_setzero_pd();
+        const __m256i one = _mm256_set1_epi64x(1);
         __m256i pe = _mm256_add_epi64(_mm256_set1_epi64x(pos0), _mm256_setr_epi64x(0, 2, 4, 6));
         Py_ssize_t k, hits = 0;
-        for (k = 0; k < M; k += 4, pe = _mm256_add_epi64(pe, _mm256_slli_epi64(two, 2))) {
+        for (k = 0; k < M; k += 4, pe = _mm256_add_epi64(pe, _mm256_set1_epi64x(8))) {
             const __m256i po = _mm256_add_epi64(pe, one);
             __m256i i0 = _mm256_loadu_si256((const __m256i*) (ia + k)), i1;
-            __m256d g0 = _mm256_loadu_pd(ga + k), g1, e, o, m, lo, hi;
+            __m256d g0 = _mm256_loadu_pd(ga + k), g1, e = _mm256_setzero_pd(), o = _mm256_setzero_pd(), lo, hi;
             PL_NEXT4(i1, g1, ia, ga, k, M, _mm256_loadu_pd, _mm256_setr_pd, 0.0);
-            m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i0, pe)); hits += __builtin_popcount(_mm256_movemask_pd(m));
-            e = _mm256_add_pd(z, _mm256_and_pd(m, g0));
-            m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i0, po)); hits += __builtin_popcount(_mm256_movemask_pd(m));
-            o = _mm256_add_pd(z, _mm256_and_pd(m, g0));
-            m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i1, po)); hits += __builtin_popcount(_mm256_movemask_pd(m));
-            o = _mm256_add_pd(o, _mm256_and_pd(m, g1));
+            PL_PICK4D(e, i0, pe, g0); PL_PICK4D(o, i0, po, g0); PL_PICK4D(o, i1, po, g1);
             if (ib != NULL) {
                 i0 = _mm256_loadu_si256((const __m256i*) (ib + k)); g0 = _mm256_loadu_pd(gb + k);
                 PL_NEXT4(i1, g1, ib, gb, k, M, _mm256_loadu_pd, _mm256_setr_pd, 0.0);
-                m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i0, pe)); hits += __builtin_popcount(_mm256_movemask_pd(m));
-                e = _mm256_add_pd(e, _mm256_and_pd(m, g0));
-                m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i0, po)); hits += __builtin_popcount(_mm256_movemask_pd(m));
-                o = _mm256_add_pd(o, _mm256_and_pd(m, g0));
-                m = _mm256_castsi256_pd(_mm256_cmpeq_epi64(i1, po)); hits += __builtin_popcount(_mm256_movemask_pd(m));
-                o = _mm256_add_pd(o, _mm256_and_pd(m, g1));
+                PL_PICK4D(e, i0, pe, g0); PL_PICK4D(o, i0, po, g0); PL_PICK4D(o, i1, po, g1);
             }
             lo = _mm256_unpacklo_pd(e, o); hi = _mm256_unpackhi_pd(e, o);
             PL_STREAM_PD(q + 2 * k, _mm256_permute2f128_pd(lo, hi, 0x20));
@@ -1844,27 +1803,21 @@ cdef extern from *:
         return hits;
     }
     static inline __m128 pl_setr_ps4(float a, float b, float c, float d) { return _mm_setr_ps(a, b, c, d); }
-    #define PL_MASK4(a, b) pl_narrow_mask(_mm256_cmpeq_epi64((a), (b)))
     static Py_ssize_t pl_stream_row_3x3_f32(float* q, const int64_t* ia, const float* ga, const int64_t* ib,
                                             const float* gb, Py_ssize_t M, int64_t pos0) {
-        const __m256i one = _mm256_set1_epi64x(1), eight = _mm256_set1_epi64x(8);
-        const __m128 z = _mm_setzero_ps();
+        const __m256i one = _mm256_set1_epi64x(1);
         __m256i pe = _mm256_add_epi64(_mm256_set1_epi64x(pos0), _mm256_setr_epi64x(0, 2, 4, 6));
         Py_ssize_t k, hits = 0;
-        for (k = 0; k < M; k += 4, pe = _mm256_add_epi64(pe, eight)) {
+        for (k = 0; k < M; k += 4, pe = _mm256_add_epi64(pe, _mm256_set1_epi64x(8))) {
             const __m256i po = _mm256_add_epi64(pe, one);
             __m256i i0 = _mm256_loadu_si256((const __m256i*) (ia + k)), i1;
-            __m128 g0 = _mm_loadu_ps(ga + k), g1, e, o, m;
+            __m128 g0 = _mm_loadu_ps(ga + k), g1, e = _mm_setzero_ps(), o = _mm_setzero_ps();
             PL_NEXT4(i1, g1, ia, ga, k, M, _mm_loadu_ps, pl_setr_ps4, 0.0f);
-            m = PL_MASK4(i0, pe); hits += __builtin_popcount(_mm_movemask_ps(m)); e = _mm_add_ps(z, _mm_and_ps(m, g0));
-            m = PL_MASK4(i0, po); hits += __builtin_popcount(_mm_movemask_ps(m)); o = _mm_add_ps(z, _mm_and_ps(m, g0));
-            m = PL_MASK4(i1, po); hits += __builtin_popcount(_mm_movemask_ps(m)); o = _mm_add_ps(o, _mm_and_ps(m, g1));
+            PL_PICK4S(e, i0, pe, g0); PL_PICK4S(o, i0, po, g0); PL_PICK4S(o, i1, po, g1);
             if (ib != NULL) {
                 i0 = _mm256_loadu_si256((const __m256i*) (ib + k)); g0 = _mm_loadu_ps(gb + k);
                 PL_NEXT4(i1, g1, ib, gb, k, M, _mm_loadu_ps, pl_setr_ps4, 0.0f);
-                m = PL_MASK4(i0, pe); hits += __builtin_popcount(_mm_movemask_ps(m)); e = _mm_add_ps(e, _mm_and_ps(m, g0));
-                m = PL_MASK4(i0, po); hits += __builtin_popcount(_mm_movemask_ps(m)); o = _mm_add_ps(o, _mm_and_ps(m, g0));
-                m = PL_MASK4(i1, po); hits += __builtin_popcount(_mm_movemask_ps(m)); o = _mm_add_ps(o, _mm_and_ps(m, g1));
+                PL_PICK4S(e, i0, pe, g0); PL_PICK4S(o, i0, po, g0); PL_PICK4S(o, i1, po, g1);
             }
             _mm_stream_ps(q + 2 * k, _mm_unpacklo_ps(e, o));
             _mm_stream_ps(q + 2 * k + 4, _mm_unpackhi_ps(e, o));

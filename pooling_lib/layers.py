@@ -74,7 +74,8 @@ class MaxPool2d(_Pool):
     def backward(self, grad_out):
         """Gradient of the loss with respect to the input of the last :meth:`forward` call."""
         if self._x is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward: there is no input to differentiate")
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward: there is no input to "
+                               "differentiate")
         return type(self)._backward(grad_out, self._x, **self.options, indices=self._indices)
 
 
