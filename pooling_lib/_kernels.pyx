@@ -19,7 +19,8 @@ row of running bests, the innermost loop running over the windows (vectorised, s
 contiguous channel axis.
 
 Speed. The block at the top is the readable kernel the book's chapter 8 ends on; the tier calls it for NCHW
-max pooling with indices when a window's taps lie too far apart for the fast path (an offset of 2**24 or more).
+max pooling with indices when a window's taps lie too far apart for the fast path (an offset of 2**24 or more
+in float32, 2**31 in float64).
 The other paths are specialised, without changing a single result:
 
 * a block (a plane, or the rows under some output rows) is scanned for NaN first; where there is none the
@@ -1145,6 +1146,20 @@ cdef void _plane_backward(const floating* xp, const floating* gp, floating* gx, 
                              rule)
 
 
+cdef inline void _taps_3x3s2_row(floating* tap, const floating* r0, Py_ssize_t W, Py_ssize_t out_w, Py_ssize_t jl,
+                                 Py_ssize_t j0, Py_ssize_t jh, Py_ssize_t off, rule_t* rule) noexcept nogil:
+    """The winners' tap offsets of one row of 3x3 stride-2 windows on three real rows (r0, r0 + W, r0 + 2W; window j
+    starts at column 2j + off): the interior windows j0 .. jh-1 in one pass (:func:`_taps_3x3s2`; a caller that
+    has done jl .. j0-1 another way passes j0 > jl), then the windows cut by the padding, 0 .. jl-1 and
+    jh .. out_w-1."""
+    cdef Py_ssize_t j
+    _taps_3x3s2(tap, r0, W, j0, jh, off, rule)
+    for j in range(jl):
+        _edge_block(r0, W, 2 * j + off, tap + j, rule)
+    for j in range(jh, out_w):
+        _edge_block(r0, W, 2 * j + off, tap + j, rule)
+
+
 cdef inline bint _winner_row(const floating* xp, floating* best, floating* tap, Py_ssize_t i, Py_ssize_t H,
                              Py_ssize_t W, Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                              Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t jl,
@@ -1160,11 +1175,7 @@ cdef inline bint _winner_row(const floating* xp, floating* best, floating* tap, 
         return False
     if kh == 3 and kw == 3 and dh == 1 and dw == 1 and sw == 2 and a_hi - a_lo == 3:
         # 3x3 stride-2 windows on three real rows: all nine taps in one pass; windows cut by the padding apart
-        _taps_3x3s2(tap, xp + h0 * W, W, jl, jh, -pw, rule)
-        for j in range(jl):
-            _edge_block(xp + h0 * W, W, 2 * j - pw, tap + j, rule)
-        for j in range(jh, out_w):
-            _edge_block(xp + h0 * W, W, 2 * j - pw, tap + j, rule)
+        _taps_3x3s2_row(tap, xp + h0 * W, W, out_w, jl, jl, jh, -pw, rule)
         return True
     for j in range(out_w):
         best[j] = worst
@@ -1554,7 +1565,7 @@ cdef void _plane_vals_index(const floating* xp, floating* op, int64_t* ip, float
     the winners' tap offsets (:func:`_winner_row`), then each window's index and value (the winner's own value,
     so a NaN keeps its bits). Every window must hold a real cell, and the taps must be exact in the float type
     (the caller checks both)."""
-    cdef Py_ssize_t i, j, jl, jh, j0, corner
+    cdef Py_ssize_t i, jl, jh, j0, corner
     cdef Py_ssize_t reach = (2 if nxt != NULL else 1) * H
     cdef floating* o
     cdef int64_t* ix
@@ -1582,11 +1593,7 @@ cdef void _plane_vals_index(const floating* xp, floating* op, int64_t* ip, float
             _winner_row(xp, best, tap, i, H, W, out_w, kh, kw, sh, sw, ph, pw, dh, dw, jl, jh, rule)
             _index_row(xp, o, ix, tap, corner, sw, 0, out_w)
         else:                                         # the edge windows, and any the AVX2 pass left
-            _taps_3x3s2(tap, xp + (2 * i - 1) * W, W, j0, jh, -1, rule)
-            for j in range(jl):
-                _edge_block(xp + (2 * i - 1) * W, W, 2 * j - 1, tap + j, rule)
-            for j in range(jh, out_w):
-                _edge_block(xp + (2 * i - 1) * W, W, 2 * j - 1, tap + j, rule)
+            _taps_3x3s2_row(tap, xp + (2 * i - 1) * W, W, out_w, jl, j0, jh, -1, rule)
             _index_row(xp, o, ix, tap, corner, sw, 0, jl)
             _index_row(xp, o, ix, tap, corner, sw, j0, out_w)
 
@@ -1595,10 +1602,10 @@ def extremum_index_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] o
                         floating[:, ::1] best_buf, floating[:, ::1] tap_buf, int kh, int kw, int sh, int sw, int ph,
                         int pw, int dh, int dw, bint minimum, int num_threads):
     """Max (min) pooling of a C-contiguous NCHW batch with the winners' indices, for geometries where every
-    window holds a real cell and a winner's offset in its window, ``(kh - 1) * dh * W + (kw - 1) * dw``, is below
-    2**24 (the tier checks both; :func:`max_pool2d_nchw` does the rest). The same bits as that kernel; each plane is
-    scanned for NaN first as in :func:`extremum_nchw`. ``best_buf`` and ``tap_buf``: a scratch row of at least
-    ``out_w`` values per thread."""
+    window holds a real cell and a winner's offset in its window, ``(kh - 1) * dh * W + (kw - 1) * dw``, is exact
+    in the float type and below 2**31 (the tier checks both; :func:`max_pool2d_nchw` does the rest). The same
+    bits as that kernel; each plane is scanned for NaN first as in :func:`extremum_nchw`. ``best_buf`` and
+    ``tap_buf``: a scratch row of at least ``out_w`` values per thread."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
     cdef Py_ssize_t plane, tid
@@ -1940,11 +1947,12 @@ def max_backward_indices(const floating[:, :, :, ::1] grad_out, const int64_t[:,
     thread, of a plane or an image), each plane (image) is built there, in the cache, and then streamed to
     ``grad_x`` (:func:`pl_stream_copy`); without rows, it is built in place. An index outside ``[0, H * W)`` is
     skipped: ``bad[tid]`` counts them for thread ``tid`` (the caller raises when any is counted), so no write ever
-    leaves ``grad_x``. ``blocks_2x2`` (NCHW, 2x2 windows at stride 2): each plane is first built row by row
-    (:func:`_unscatter_2x2`), and scattered only when an index is not a cell of its own window.
+    leaves ``grad_x``. ``blocks_2x2`` (NCHW, 2x2 windows at stride 2) and ``rows_3x3`` (NCHW, 3x3 windows at stride 2,
+    padding 1): each plane is first built row by row (:func:`_stream_2x2`, :func:`_stream_3x3`, or for 2x2 windows
+    on the other paths :func:`_unscatter_2x2`), and scattered only when an index is not a cell of its own window.
     """
     cdef Py_ssize_t N = grad_x.shape[0], C, H, W, out_h, out_w, unit, units, tid, cells, n, size
-    cdef bint stream = stage.shape[0] > 0, direct, direct_3x3
+    cdef bint stream = stage.shape[0] > 0, tiled, direct
     cdef const int64_t* ip
     cdef const floating* gp
     cdef floating* gx
@@ -1961,11 +1969,11 @@ def max_backward_indices(const floating[:, :, :, ::1] grad_out, const int64_t[:,
     cells = H * W
     n = out_h * out_w
     blocks_2x2 = blocks_2x2 and not nhwc and 2 * out_h <= H and 2 * out_w <= W
-    # with AVX2, planes that the windows tile exactly are streamed from the registers, without the buffer
-    direct = (stream and blocks_2x2 and PL_AVX2 and 2 * out_h == H and 2 * out_w == W and out_w % 4 == 0
-              and (W * sizeof(floating)) % 16 == 0 and (<size_t> &grad_x[0, 0, 0, 0]) % 16 == 0)
-    direct_3x3 = (stream and rows_3x3 and PL_AVX2 and not nhwc and 2 * out_h == H and 2 * out_w == W
-                  and out_w % 4 == 0 and (W * sizeof(floating)) % 16 == 0 and (<size_t> &grad_x[0, 0, 0, 0]) % 16 == 0)
+    # with AVX2, NCHW planes that the windows tile exactly, in blocks of 4 windows and rows of 16-byte aligned
+    # lines, are streamed from the registers (2x2 stride 2, or 3x3 stride 2 padding 1), without the buffer
+    tiled = (stream and PL_AVX2 and not nhwc and 2 * out_h == H and 2 * out_w == W and out_w % 4 == 0
+             and (W * sizeof(floating)) % 16 == 0 and (<size_t> &grad_x[0, 0, 0, 0]) % 16 == 0)
+    direct = tiled and (blocks_2x2 or rows_3x3)
     if units == 0 or cells * size == 0:
         return
     if bad.shape[0] < max(num_threads, 1) or (stream and (stage.shape[0] < max(num_threads, 1)
@@ -1981,12 +1989,8 @@ def max_backward_indices(const floating[:, :, :, ::1] grad_out, const int64_t[:,
             gp = &grad_out[0, 0, 0, 0] + unit * n * size
             gx = &grad_x[0, 0, 0, 0] + unit * cells * size
             if direct:
-                if not _stream_2x2(ip, gp, gx, H, W, out_h, out_w):
+                if not (_stream_2x2(ip, gp, gx, H, W, out_h, out_w) if blocks_2x2 else _stream_3x3(ip, gp, gx, H, W)):
                     pl_sfence()                                   # the streamed rows land before the scatter
-                    bad[tid] += _scatter(ip, gp, gx, cells, n, size)
-            elif direct_3x3:
-                if not _stream_3x3(ip, gp, gx, H, W):
-                    pl_sfence()
                     bad[tid] += _scatter(ip, gp, gx, cells, n, size)
             else:
                 dst = buf if stream else gx

@@ -140,22 +140,26 @@ def _max_pool_rule(x, g, minimum=False, return_indices=True):
 
 
 def max_pool_backward(grad_out, x, g, minimum=False):
-    """Find the winners again (the forward with indices), then :func:`max_pool_backward_indices`."""
+    """Find the winners again (the forward with indices), then scatter as :func:`max_pool_backward_indices`."""
     _, index = max_pool_forward(x, g, minimum)
-    return max_pool_backward_indices(grad_out, index, x, g)
+    return _scatter(grad_out, index, x.dtype, g)
 
 
 def max_pool_backward_indices(grad_out, indices, x, g):
-    """Scatter-add each window's gradient to its indexed cell, in row-major window order (as PyTorch).
-    ``x`` gives only the dtype."""
-    plane = g.H * g.W
-    index = indices.reshape(g.N * g.C, g.out_h * g.out_w)
-    outside = (index < 0) | (index >= plane)
+    """Scatter-add each window's gradient to its indexed cell, in row-major window order (as PyTorch), after
+    checking that every index lies in its plane. ``x`` gives only the dtype."""
+    outside = (indices < 0) | (indices >= g.H * g.W)
     if outside.any():
         raise index_error(int(outside.sum()), g)
-    flat = index + (np.arange(g.N * g.C, dtype=np.int64) * plane)[:, None]
-    grad_x = np.zeros(g.N * g.C * plane, dtype=x.dtype)
-    np.add.at(grad_x, flat.ravel(), np.ascontiguousarray(grad_out, dtype=x.dtype).ravel())
+    return _scatter(grad_out, indices, x.dtype, g)
+
+
+def _scatter(grad_out, indices, dtype, g):
+    """``grad_x`` with each ``grad_out`` value added to the plane cell its index names, in row-major window order."""
+    plane = g.H * g.W
+    flat = indices.reshape(g.N * g.C, g.out_h * g.out_w) + (np.arange(g.N * g.C, dtype=np.int64) * plane)[:, None]
+    grad_x = np.zeros(g.N * g.C * plane, dtype=dtype)
+    np.add.at(grad_x, flat.ravel(), np.ascontiguousarray(grad_out, dtype=dtype).ravel())
     return grad_x.reshape(g.N, g.C, g.H, g.W)
 
 
