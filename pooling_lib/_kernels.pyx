@@ -29,7 +29,8 @@ The other paths are specialised, without changing a single result:
   compiler sees a fixed rule in every loop. An NCHW plane kernel prefetches the next plane while it works, so
   that plane's scan finds it in the cache instead of waiting for memory;
 * 2x2 stride-2 windows and 3x3 stride-2 windows get straight-line code (all taps in one pass); windows cut
-  by the padding are handled apart, so the main loops never test for it;
+  by the padding are handled apart, so the main loops never test for it. With AVX2 the 2x2 forward takes 8
+  (float32) or 4 (float64) windows at a time, and tests each block for NaN instead of each plane;
 * winners are tracked as tap offsets held in the float type (same vector width as the values) and the
   backward adds each gradient to its winner in the same pass: one read of ``x``, one write of ``grad_x``;
 * the forward with indices runs the same winner search; the backward from indices (PyTorch's) builds each plane
@@ -457,6 +458,71 @@ cdef extern from *:
                                 float d) noexcept nogil
     Py_ssize_t pl_nhwc_mean_f64(double* out, const double* p, const Py_ssize_t* offs, Py_ssize_t n, Py_ssize_t C,
                                 double d) noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* The values of 2x2 stride-2 windows (no padding), 8 (float) or 4 (double) at a time, in the AVX2 build only
+       (elsewhere the functions do no window and the scalar loop does them all). Window j's taps are r0[2j],
+       r0[2j + 1], r1[2j], r1[2j + 1], in that order, under the rule with NaN: a tap v replaces the running best b
+       when v > b (v < b) or v is NaN. maxps(v, b) is exactly "v > b ? v : b", so where no tap of the block is NaN
+       three maxps give the rule's bits (a tie keeps the earlier tap, so -0 and +0 come out as the scalar loop
+       has them); a block with a NaN blends each NaN tap in after its maxps, as the rule does. The last block may
+       be moved back to overlap the one before (its windows get the same values twice). Returns the first window
+       left to the caller: n, or 0 when the row has fewer windows than a block. */
+    #if defined(__AVX2__)
+    #include <immintrin.h>
+    #define PL_VALS_2X2(NAME, T, V, LANES, LOAD, STORE, MAX, MIN, CMP, BLEND, OR, TESTZ, DEAL_LO, DEAL_HI, ORDER) \
+    static Py_ssize_t NAME(T* out, const T* r0, const T* r1, Py_ssize_t n, int minimum) { \
+        Py_ssize_t j = 0, jb; \
+        if (n < LANES) \
+            return 0; \
+        while (j < n) { \
+            V a0, a1, c0, c1, t0, t1, t2, t3, b; \
+            jb = j + LANES <= n ? j : n - LANES; \
+            a0 = LOAD(r0 + 2 * jb); a1 = LOAD(r0 + 2 * jb + LANES); \
+            c0 = LOAD(r1 + 2 * jb); c1 = LOAD(r1 + 2 * jb + LANES); \
+            t0 = DEAL_LO(a0, a1); t1 = DEAL_HI(a0, a1); t2 = DEAL_LO(c0, c1); t3 = DEAL_HI(c0, c1); \
+            if (minimum) { b = MIN(t1, t0); b = MIN(t2, b); b = MIN(t3, b); } \
+            else { b = MAX(t1, t0); b = MAX(t2, b); b = MAX(t3, b); } \
+            if (!TESTZ(OR(CMP(a0, a1, _CMP_UNORD_Q), CMP(c0, c1, _CMP_UNORD_Q)))) { \
+                b = t0; \
+                b = BLEND(minimum ? MIN(t1, b) : MAX(t1, b), t1, CMP(t1, t1, _CMP_UNORD_Q)); \
+                b = BLEND(minimum ? MIN(t2, b) : MAX(t2, b), t2, CMP(t2, t2, _CMP_UNORD_Q)); \
+                b = BLEND(minimum ? MIN(t3, b) : MAX(t3, b), t3, CMP(t3, t3, _CMP_UNORD_Q)); \
+            } \
+            STORE(out + jb, ORDER(b)); \
+            j = jb + LANES; \
+        } \
+        return n; \
+    }
+    /* float: shuffle_ps deals the even and odd taps of windows 0,1,4,5,2,3,6,7; a swap of the middle two 64-bit
+       pairs puts them back in order. double: unpacklo/hi deal windows 0,2,1,3; the same swap. */
+    #define PL_TESTZ_PS(m) _mm256_testz_ps(m, m)
+    #define PL_TESTZ_PD(m) _mm256_testz_pd(m, m)
+    #define PL_EVEN_PS(a, b) _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))
+    #define PL_ODD_PS(a, b) _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))
+    #define PL_ORDER_PS(v) _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)))
+    #define PL_ORDER_PD(v) _mm256_permute4x64_pd(v, _MM_SHUFFLE(3, 1, 2, 0))
+    PL_VALS_2X2(pl_vals_2x2_f32, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_max_ps, _mm256_min_ps,
+                _mm256_cmp_ps, _mm256_blendv_ps, _mm256_or_ps, PL_TESTZ_PS, PL_EVEN_PS, PL_ODD_PS, PL_ORDER_PS)
+    PL_VALS_2X2(pl_vals_2x2_f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_max_pd,
+                _mm256_min_pd, _mm256_cmp_pd, _mm256_blendv_pd, _mm256_or_pd, PL_TESTZ_PD, _mm256_unpacklo_pd,
+                _mm256_unpackhi_pd, PL_ORDER_PD)
+    #else
+    static Py_ssize_t pl_vals_2x2_f32(float* out, const float* r0, const float* r1, Py_ssize_t n, int minimum) {
+        (void) out; (void) r0; (void) r1; (void) n; (void) minimum;
+        return 0;
+    }
+    static Py_ssize_t pl_vals_2x2_f64(double* out, const double* r0, const double* r1, Py_ssize_t n, int minimum) {
+        (void) out; (void) r0; (void) r1; (void) n; (void) minimum;
+        return 0;
+    }
+    #endif
+    """
+    Py_ssize_t pl_vals_2x2_f32(float* out, const float* r0, const float* r1, Py_ssize_t n, int minimum) noexcept nogil
+    Py_ssize_t pl_vals_2x2_f64(double* out, const double* r0, const double* r1, Py_ssize_t n,
+                               int minimum) noexcept nogil
 
 
 def openmp_enabled():
@@ -925,10 +991,16 @@ cdef inline floating _edge_block(const floating* r0, Py_ssize_t W, Py_ssize_t w0
 
 cdef inline void _fold_2x2(floating* best, const floating* r0, const floating* r1, Py_ssize_t n,
                            rule_t* rule) noexcept nogil:
-    """2x2 windows at stride 2 (no padding): window j's taps are r0[2j], r0[2j+1], r1[2j], r1[2j+1]."""
-    cdef Py_ssize_t j
+    """2x2 windows at stride 2 (no padding): window j's taps are r0[2j], r0[2j+1], r1[2j], r1[2j+1]. Rules with
+    the NaN test run on AVX2 vectors where the build has them (:c:func:`pl_vals_2x2_f32`)."""
+    cdef Py_ssize_t j, j0 = 0
     cdef floating bst, v
-    for j in range(n):
+    if rule_t is MaxRule or rule_t is MinRule:
+        if floating is float:
+            j0 = pl_vals_2x2_f32(best, r0, r1, n, _is_min(rule))
+        else:
+            j0 = pl_vals_2x2_f64(best, r0, r1, n, _is_min(rule))
+    for j in range(j0, n):
         bst = r0[2 * j]                                  # the rule applied to -inf (+inf) and the first tap
         v = r0[2 * j + 1]
         bst = v if _wins(v, bst, rule) else bst
@@ -1059,8 +1131,9 @@ def extremum_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
     """Max (min) pooling of a C-contiguous NCHW batch; ``indices`` is filled only when ``track``.
 
     Without indices, each plane is first scanned for NaN, and a plane without one runs with the rule that
-    skips the NaN test; 2x2 stride-2 windows skip the scan and always run the rule that handles NaN (it
-    vectorises as well there, and the scan cost more than it saved).
+    skips the NaN test; 2x2 stride-2 windows skip the scan and always run the rule that handles NaN (the scan cost
+    more than it saved; with AVX2, :c:func:`pl_vals_2x2_f32` tests each block of windows instead, which took the
+    float32 forward on the benchmark input to 0.97x its time on one thread and 0.93x on two).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
