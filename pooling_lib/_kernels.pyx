@@ -33,9 +33,10 @@ The other paths are specialised, without changing a single result:
   (float32) or 4 (float64) windows at a time, and tests each block for NaN instead of each plane;
 * winners are tracked as tap offsets held in the float type (same vector width as the values) and the
   backward adds each gradient to its winner in the same pass: one read of ``x``, one write of ``grad_x``;
-* the forward with indices runs the same winner search; the backward from indices (PyTorch's) builds each plane
-  of a large gradient row by row (2x2 stride 2, 3x3 stride 2 padding 1) or in a cached buffer, and writes it
-  with streaming stores, which skip the read of each line that an ordinary store makes first.
+* the forward with indices runs the same winner search; the backward from indices (PyTorch's) and the average
+  backward build each plane of a large gradient row by row (2x2 stride 2, and for max pooling 3x3 stride 2
+  padding 1) or in a cached buffer, and write it with streaming stores, which skip the read of each line that an
+  ordinary store makes first.
 """
 
 # --- BEGIN CHAPTER 8 KERNEL ---
@@ -2697,8 +2698,88 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
                 op[j] = op[j] / dv[j]
 
 
+cdef extern from *:
+    """
+    /* One output row of 2x2 stride-2 average windows that tile the plane, written straight to memory with streaming
+       stores (in the AVX2 build only; elsewhere the functions do no window and return 0): cells 2j and 2j + 1 of rows
+       q0 and q1 all get 0 + g[j] / d[j], the scalar loop's value (one IEEE division, then + 0, which turns -0 into
+       +0 as the sum from 0 does). Four windows (eight cells) at a time; q0 and q1 must be 16-byte aligned. Returns
+       the first window left to the caller. */
+    #if defined(__AVX2__)
+    #include <immintrin.h>
+    static Py_ssize_t pl_stream_mean_2x2_f64(double* q0, double* q1, const double* g, const double* d, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j + 4 <= n; j += 4) {
+            const __m256d s = _mm256_add_pd(_mm256_setzero_pd(), _mm256_div_pd(_mm256_loadu_pd(g + j),
+                                                                               _mm256_loadu_pd(d + j)));
+            const __m256d lo = _mm256_unpacklo_pd(s, s), hi = _mm256_unpackhi_pd(s, s);
+            const __m256d a = _mm256_permute2f128_pd(lo, hi, 0x20), b = _mm256_permute2f128_pd(lo, hi, 0x31);
+            PL_STREAM_PD(q0 + 2 * j, a); PL_STREAM_PD(q0 + 2 * j + 4, b);
+            PL_STREAM_PD(q1 + 2 * j, a); PL_STREAM_PD(q1 + 2 * j + 4, b);
+        }
+        return j;
+    }
+    static Py_ssize_t pl_stream_mean_2x2_f32(float* q0, float* q1, const float* g, const float* d, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j + 4 <= n; j += 4) {
+            const __m128 s = _mm_add_ps(_mm_setzero_ps(), _mm_div_ps(_mm_loadu_ps(g + j), _mm_loadu_ps(d + j)));
+            const __m128 a = _mm_unpacklo_ps(s, s), b = _mm_unpackhi_ps(s, s);
+            _mm_stream_ps(q0 + 2 * j, a); _mm_stream_ps(q0 + 2 * j + 4, b);
+            _mm_stream_ps(q1 + 2 * j, a); _mm_stream_ps(q1 + 2 * j + 4, b);
+        }
+        return j;
+    }
+    #else
+    static Py_ssize_t pl_stream_mean_2x2_f64(double* q0, double* q1, const double* g, const double* d, Py_ssize_t n) {
+        (void) q0; (void) q1; (void) g; (void) d; (void) n;
+        return 0;
+    }
+    static Py_ssize_t pl_stream_mean_2x2_f32(float* q0, float* q1, const float* g, const float* d, Py_ssize_t n) {
+        (void) q0; (void) q1; (void) g; (void) d; (void) n;
+        return 0;
+    }
+    #endif
+    """
+    Py_ssize_t pl_stream_mean_2x2_f32(float* q0, float* q1, const float* g, const float* d,
+                                      Py_ssize_t n) noexcept nogil
+    Py_ssize_t pl_stream_mean_2x2_f64(double* q0, double* q1, const double* g, const double* d,
+                                      Py_ssize_t n) noexcept nogil
+
+
+cdef void _avg_plane_2x2(const floating* gp, floating* gx, const floating* divisors, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t out_h, Py_ssize_t out_w, bint stream) noexcept nogil:
+    """One plane's gradient under 2x2 stride-2 average windows: each window's four cells get ``0 + g / divisor``
+    (cells that no window covers, in a last odd row or column, get 0). With ``stream`` (the windows tile the plane,
+    ``out_w`` a multiple of 4, rows 16-byte aligned, AVX2) the rows go to memory with streaming stores.
+    ``divisors``: the ``(out_h, out_w)`` divisors, C-contiguous."""
+    cdef Py_ssize_t i, j, j0
+    cdef floating* g0
+    cdef floating* g1
+    cdef const floating* dv
+    cdef floating s
+    if 2 * out_h < H or 2 * out_w < W:
+        memset(gx, 0, H * W * sizeof(floating))
+    for i in range(out_h):
+        g0 = gx + 2 * i * W
+        g1 = g0 + W
+        dv = divisors + i * out_w
+        j0 = 0
+        if stream:
+            if floating is float:
+                j0 = pl_stream_mean_2x2_f32(g0, g1, gp + i * out_w, dv, out_w)
+            else:
+                j0 = pl_stream_mean_2x2_f64(g0, g1, gp + i * out_w, dv, out_w)
+        for j in range(j0, out_w):
+            s = 0
+            s = s + gp[i * out_w + j] / dv[j]
+            g0[2 * j] = s
+            g0[2 * j + 1] = s
+            g1[2 * j] = s
+            g1[2 * j + 1] = s
+
+
 def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_x,
-                      const floating[:, ::1] divisors, floating[:, ::1] share_buf,
+                      const floating[:, ::1] divisors, floating[:, ::1] share_buf, floating[:, ::1] stage,
                       int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
     """Gradient of average pooling, NCHW: ``grad_out / divisor`` added to every real cell of each window.
 
@@ -2708,6 +2789,11 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
     passes and ``kh`` contiguous ones instead of ``kh * kw`` strided ones. A cell's gradients then add up row by
     row, each row's as one sum (the naive tier adds window by window, so overlapping windows may differ in the last
     bits).
+
+    ``stage``: when it has rows (one per thread, of at least ``H * W`` values), the gradient is written with streaming
+    stores, which skip the read that an ordinary store makes of each line (see ``STREAM_MIN_BYTES`` in
+    :mod:`pooling_lib.cython_tier`): 2x2 stride-2 planes that the windows tile, row by row from the registers; any
+    other plane is built in the thread's row of ``stage`` and then copied out (:func:`pl_stream_copy`).
     """
     cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1], H = grad_x.shape[2], W = grad_x.shape[3]
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
@@ -2715,40 +2801,38 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
     cdef const floating* gp
     cdef const floating* dv
     cdef floating* gx
+    cdef floating* out
     cdef floating* g0
-    cdef floating* g1
     cdef floating* share
     cdef floating* spread
-    cdef floating s
+    cdef floating* buf = NULL
     cdef bint by_rows = kh * kw > kh + kw + 1
+    cdef bint stream = stage.shape[0] > 0
+    cdef bint k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1)
+    # as in max_backward_indices: tiled planes in blocks of 4 windows and rows of 16-byte aligned lines
+    cdef bint tiled = (stream and k2s2 and PL_AVX2 and 2 * out_h == H and 2 * out_w == W and out_w % 4 == 0
+                       and (W * sizeof(floating)) % 16 == 0 and (<size_t> &grad_x[0, 0, 0, 0]) % 16 == 0)
     if N * C == 0:
         return
-    if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1):
-        for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
-            gp = &grad_out[0, 0, 0, 0] + plane * out_h * out_w
-            gx = &grad_x[0, 0, 0, 0] + plane * H * W
-            if 2 * out_h < H or 2 * out_w < W:
-                memset(gx, 0, H * W * sizeof(floating))
-            for i in range(out_h):
-                g0 = gx + 2 * i * W
-                g1 = g0 + W
-                dv = &divisors[i, 0]
-                for j in range(out_w):
-                    s = 0
-                    s = s + gp[i * out_w + j] / dv[j]
-                    g0[2 * j] = s
-                    g0[2 * j + 1] = s
-                    g1[2 * j] = s
-                    g1[2 * j + 1] = s
-        return
+    if stream and (stage.shape[0] < max(num_threads, 1) or stage.shape[1] < H * W):
+        raise ValueError(f"stage (when it has rows) needs a row of {H * W} values for each of the {num_threads} "
+                         f"threads, got {stage.shape[0]} x {stage.shape[1]}")
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         share = &share_buf[tid, 0]
         spread = share + out_w
+        if stream:
+            buf = &stage[tid, 0]
         for plane in prange(N * C, schedule="guided"):
             gp = &grad_out[0, 0, 0, 0] + plane * out_h * out_w
             gx = &grad_x[0, 0, 0, 0] + plane * H * W
-            memset(gx, 0, H * W * sizeof(floating))
+            out = buf if (stream and not tiled) else gx
+            if k2s2:
+                _avg_plane_2x2(gp, out, &divisors[0, 0], H, W, out_h, out_w, tiled)
+                if out != gx:
+                    pl_stream_copy(gx, out, H * W * sizeof(floating))
+                continue
+            memset(out, 0, H * W * sizeof(floating))
             for i in range(out_h):
                 h0 = i * sh - ph
                 a_lo = _tap_lo(h0, 1)
@@ -2760,15 +2844,19 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
                     share[j] = gp[i * out_w + j] / dv[j]
                 if not by_rows:
                     for a in range(a_lo, a_hi):
-                        _spread_row(gx + (h0 + a) * W, share, out_w, kw, sw, pw, W)
+                        _spread_row(out + (h0 + a) * W, share, out_w, kw, sw, pw, W)
                     continue
                 # the row's windows spread across the columns once, then that row is added to each of their kh rows
                 memset(spread, 0, W * sizeof(floating))
                 _spread_row(spread, share, out_w, kw, sw, pw, W)
                 for a in range(a_lo, a_hi):
-                    g0 = gx + (h0 + a) * W
+                    g0 = out + (h0 + a) * W
                     for b in range(W):
                         g0[b] = g0[b] + spread[b]
+            if out != gx:
+                pl_stream_copy(gx, out, H * W * sizeof(floating))
+        if stream:
+            pl_sfence()
 
 
 cdef inline void _mean_cells(floating* op, const floating* xn, Py_ssize_t h0, Py_ssize_t w0, Py_ssize_t a_lo,

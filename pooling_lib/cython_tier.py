@@ -20,7 +20,8 @@ Max pooling with indices (NCHW) finds the winners with the backward's winner sea
 reading it first: for 2x2 stride-2 and 3x3 stride-2 padding-1 windows (AVX2 build) row by row in registers, written
 with streaming stores; otherwise scattered in a per-thread buffer that stays in the cache and then streamed out.
 A plane whose indices are not all in their own windows is scattered instead, so any index in the plane is
-honoured, as by PyTorch.
+honoured, as by PyTorch. The NCHW average backward streams a large gradient the same way (2x2 stride-2 planes
+from registers, the others through the buffer).
 
 ``set_num_threads(n)`` sets how many OpenMP threads the kernels use (``get_num_threads()`` reads it; the
 default is OpenMP's, usually the number of cores); ``openmp_enabled()`` tells whether the extension was
@@ -239,17 +240,27 @@ def _float_taps(g, dtype):
     return _window_reach(g) < (2**24 if np.dtype(dtype) == np.float32 else 2**53)
 
 
-# Gradients of at least this many bytes are streamed to memory (non-temporal stores) by the backward from indices,
-# without the read that an ordinary store makes of every line it writes (row by row from registers for 2x2 and 3x3
-# stride-2 planes, else each plane or NHWC image built in a per-thread buffer that stays in the cache, then copied
-# out). The gradient then starts in memory, not in the cache; on the README's machine streaming still won when the
-# whole gradient was read right after, as the layer before would read it (float32 2x2, benchmark input: forward,
-# backward and read 7.95 ms, against 9.72 ms with ordinary stores; float64 13.1 against 17.5 ms).
+# Gradients of at least this many bytes are streamed to memory (non-temporal stores) by the backward from indices
+# and the NCHW average backward, without the read that an ordinary store makes of every line it writes (row by row
+# from registers for 2x2 stride-2 planes, and 3x3 stride-2 ones for max pooling, else each plane or NHWC image built
+# in a per-thread buffer that stays in the cache, then copied out). The gradient then starts in memory, not in the
+# cache; on the README's machine streaming still won when the whole gradient was read right after, as the layer
+# before would read it (benchmark input, one thread: max pooling's forward, backward and read, float32 2x2 7.95 ms
+# against 9.72 ms with ordinary stores, float64 13.1 against 17.5 ms; average pooling's, float32 2x2 6.10 against
+# 7.80 ms, float64 11.4 against 14.8 ms, float32 3x3 10.5 against 10.9 ms).
 STREAM_MIN_BYTES = 8 << 20
 # ... and only when a plane (an image) is at most this large, so that the buffer stays in a core's own cache (the
 # README's machine has 2 MiB of L2 per core; there an NHWC float64 image of the benchmark, 1.6 MB, took its
 # backward from 8.7 ms scattered in place to 6.4 ms through the buffer).
 STREAM_MAX_UNIT_BYTES = 2 << 20
+
+
+def _stage(grad_x, unit, nt):
+    """Rows for a backward that streams ``grad_x`` (one per thread, of ``unit`` values: a plane or an NHWC image),
+    or no rows when ``grad_x`` is too small to stream or a unit too large to stay in a core's cache."""
+    if grad_x.nbytes >= STREAM_MIN_BYTES and unit * grad_x.itemsize <= STREAM_MAX_UNIT_BYTES:
+        return _scratch(nt, unit, grad_x.dtype)
+    return np.empty((0, 0), dtype=grad_x.dtype)
 
 
 def max_pool_backward_indices(grad_out, indices, x, g):
@@ -271,11 +282,7 @@ def max_pool_backward_indices(grad_out, indices, x, g):
         im = np.ascontiguousarray(indices)
         grad_x = _empty((g.N, g.C, g.H, g.W), x.dtype)
         unit = g.H * g.W
-    itemsize = x.dtype.itemsize
-    if grad_x.nbytes >= STREAM_MIN_BYTES and unit * itemsize <= STREAM_MAX_UNIT_BYTES:
-        stage = _scratch(nt, unit, x.dtype)
-    else:
-        stage = np.empty((0, 0), dtype=x.dtype)
+    stage = _stage(grad_x, unit, nt)
     bad = np.zeros(nt, dtype=np.int64)
     blocks_2x2 = (g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (2, 2, 2, 2, 0, 0)
     rows_3x3 = (g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) == (
@@ -352,5 +359,6 @@ def avg_pool_backward(grad_out, g, dtype, count_include_pad=True, divisor_overri
     grad_out = np.ascontiguousarray(grad_out)
     grad_x = _empty((g.N, g.C, g.H, g.W), dtype)
     share = _scratch(nt, g.out_w + g.W, dtype)
-    _kernels.avg_backward_nchw(grad_out, grad_x, divisors, share, *_geometry_args(g, dilation=False), nt)
+    _kernels.avg_backward_nchw(grad_out, grad_x, divisors, share, _stage(grad_x, g.H * g.W, nt),
+                               *_geometry_args(g, dilation=False), nt)
     return grad_x

@@ -265,6 +265,45 @@ def test_streamed_paths_match_torch_bitwise(monkeypatch, shape, kw, dtype, layou
         ct.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, kw", [
+    ((2, 3, 56, 56), dict(kernel_size=2, stride=2)),               # tiled exactly: the streamed 2x2 rows (AVX2)
+    ((2, 3, 56, 60), dict(kernel_size=2, stride=2)),               # out_w = 30, not a multiple of 4: the buffer
+    ((2, 3, 33, 31), dict(kernel_size=2, stride=2)),               # a last row and column no window covers
+    ((2, 3, 56, 56), dict(kernel_size=3, stride=2, padding=1)),    # overlapping windows: the buffer
+    ((2, 3, 20, 24), dict(kernel_size=2, stride=1, padding=1, count_include_pad=False)),
+])
+def test_avg_backward_streamed_matches_torch(monkeypatch, shape, kw, dtype, threads):
+    """The compiled average backward with its gradient streamed (forced with STREAM_MIN_BYTES = 0) gives the bits
+    of the ordinary path, and PyTorch's gradient: bit for bit where no two windows share a cell (each cell gets
+    one ``0 + g / divisor``, so a -0.0 gradient comes out +0.0, as the sum from zero gives), to rounding
+    elsewhere."""
+    ct = pytest.importorskip("pooling_lib.cython_tier")
+    monkeypatch.setattr(ct, "SMALL_WORK", 0)             # so that two threads really share the planes
+    previous = ct.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(list(shape) + [threads])
+        x = rng.standard_normal(shape).astype(dtype)
+        t = to_torch(x, "NCHW").requires_grad_(True)
+        out = TF.avg_pool2d(t, **kw)
+        g = rng.standard_normal(tuple(out.shape)).astype(dtype)
+        g[:, :, ::3] = -0.0
+        out.backward(torch.from_numpy(g))
+        expected = t.grad.numpy()
+        monkeypatch.setattr(ct, "STREAM_MIN_BYTES", 2**62)
+        plain = pl.avg_pool2d_backward(g, x, **kw, backend="cython")
+        monkeypatch.setattr(ct, "STREAM_MIN_BYTES", 0)
+        streamed = pl.avg_pool2d_backward(g, x, **kw, backend="cython")
+        assert_identical(streamed, plain, err_msg="streamed against ordinary stores")
+        if kw["kernel_size"] == kw["stride"]:
+            assert_identical(streamed, expected, err_msg="against PyTorch")
+        else:
+            np.testing.assert_allclose(streamed, expected, **avg_tolerance(dtype), err_msg="against PyTorch")
+    finally:
+        ct.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("i", range(N_AVG_CONFIGS), ids=lambda i: _describe("avg", i))
 def test_avg_pool_matches_torch(i, backend):
