@@ -1924,6 +1924,15 @@ cdef extern from *:
                                      const double* gb, Py_ssize_t M, int64_t pos0) noexcept nogil
 
 
+cdef inline bint _whole_rows(Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, size_t itemsize,
+                             const void* gx) noexcept nogil:
+    """True when a plane's gradient can be streamed row by row from the registers in whole cache lines: the AVX2
+    build, stride-2 windows that tile the ``H x W`` plane exactly (``H == 2 * out_h``, ``W == 2 * out_w``), blocks of
+    4 windows (``out_w`` a multiple of 4), and rows of 16-byte aligned lines (``gx`` and every row)."""
+    return (PL_AVX2 and 2 * out_h == H and 2 * out_w == W and out_w % 4 == 0 and (W * itemsize) % 16 == 0
+            and (<size_t> gx) % 16 == 0)
+
+
 cdef bint _stream_3x3(const int64_t* ip, const floating* gp, floating* gx, Py_ssize_t H, Py_ssize_t W) noexcept nogil:
     """One plane's gradient under 3x3 stride-2 padding-1 windows (H and W even, H/2 x W/2 windows, W/2 a multiple
     of 4) from indices, row by row with streaming stores (``pl_stream_row_3x3_*``): row 2i lies under window row i
@@ -2043,10 +2052,8 @@ def max_backward_indices(const floating[:, :, :, ::1] grad_out, const int64_t[:,
     cells = H * W
     n = out_h * out_w
     blocks_2x2 = blocks_2x2 and not nhwc and 2 * out_h <= H and 2 * out_w <= W
-    # with AVX2, NCHW planes that the windows tile exactly, in blocks of 4 windows and rows of 16-byte aligned
-    # lines, are streamed from the registers (2x2 stride 2, or 3x3 stride 2 padding 1), without the buffer
-    tiled = (stream and PL_AVX2 and not nhwc and 2 * out_h == H and 2 * out_w == W and out_w % 4 == 0
-             and (W * sizeof(floating)) % 16 == 0 and (<size_t> &grad_x[0, 0, 0, 0]) % 16 == 0)
+    # NCHW planes that _whole_rows accepts are streamed from the registers (2x2 stride 2, or 3x3 stride 2 padding 1)
+    tiled = stream and not nhwc and _whole_rows(H, W, out_h, out_w, sizeof(floating), &grad_x[0, 0, 0, 0])
     direct = tiled and (blocks_2x2 or rows_3x3)
     if units == 0 or cells * size == 0:
         return
@@ -2809,9 +2816,7 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
     cdef bint by_rows = kh * kw > kh + kw + 1
     cdef bint stream = stage.shape[0] > 0
     cdef bint k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1)
-    # as in max_backward_indices: tiled planes in blocks of 4 windows and rows of 16-byte aligned lines
-    cdef bint tiled = (stream and k2s2 and PL_AVX2 and 2 * out_h == H and 2 * out_w == W and out_w % 4 == 0
-                       and (W * sizeof(floating)) % 16 == 0 and (<size_t> &grad_x[0, 0, 0, 0]) % 16 == 0)
+    cdef bint tiled = stream and k2s2 and _whole_rows(H, W, out_h, out_w, sizeof(floating), &grad_x[0, 0, 0, 0])
     if N * C == 0:
         return
     if stream and (stage.shape[0] < max(num_threads, 1) or stage.shape[1] < H * W):
