@@ -2242,6 +2242,17 @@ cdef inline void _pixel_scatter_3x3(floating* g0, const floating* g, const float
         g0[offs[<Py_ssize_t> tap[c]] + c] += g[c]
 
 
+cdef inline bint _scan_pays(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw) noexcept nogil:
+    """True when an NHWC kernel should scan a block for NaN first (and run the rule without the NaN test where there
+    is none): when an input cell is a tap of more than four windows on average, ``kh * kw > 4 * sh * sw`` (3x3 and
+    larger windows at stride 1). Elsewhere the scan, a second read of each block, costs more than the rule's NaN
+    test. On the benchmark input (one thread), without the scan: the forward took 0.71-0.74x its time for 2x2
+    windows at stride 2, 0.75-0.85x for 3x3 at stride 2 and 0.67-0.80x for 2x2 at stride 1, against 1.10-1.18x for
+    3x3 and 5x5 at stride 1; the backward 0.89-0.95x (3x3 stride 2) and 0.88x (2x2 stride 1), against 1.09-1.15x
+    (3x3 stride 1)."""
+    return kh * kw > 4 * sh * sw
+
+
 cdef void _nhwc_row_vals(const floating* xn, floating* orow, Py_ssize_t i, Py_ssize_t H, Py_ssize_t W,
                          Py_ssize_t C, Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                          Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, rule_t* rule) noexcept nogil:
@@ -2279,12 +2290,9 @@ def extremum_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
     """Max (min) pooling of an NHWC batch ``x`` (N, H, W, C) into ``out`` (N, out_h, out_w, C).
 
     ``indices`` (same shape as ``out``) is filled only when ``track``. Threads share blocks of output rows
-    (whole images when there are enough of them). Without indices, where an input cell is a tap of more than four
-    windows on average (``kh * kw > 4 * sh * sw``: 3x3 and larger windows at stride 1), the input rows under a block
-    are scanned for NaN once, and a block without one runs with the rule that skips the NaN test; elsewhere every
-    block runs the full rule, since the scan, a second read of each block, cost more than it saved. On the benchmark
-    input (one thread) skipping it took the 2x2 stride-2 forward to 0.71-0.74x its time, 3x3 stride 2 to 0.75-0.85x
-    and 2x2 stride 1 to 0.67-0.80x, while 3x3 and 5x5 windows at stride 1 took 1.10-1.18x theirs without the scan.
+    (whole images when there are enough of them). Without indices, where :func:`_scan_pays`, the input rows under a
+    block are scanned for NaN once, and a block without one runs with the rule that skips the NaN test; elsewhere
+    every block runs the full rule.
     """
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
@@ -2294,7 +2302,7 @@ def extremum_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
     cdef floating* op
     cdef int64_t* ip
     cdef floating worst = INFINITY if minimum else -INFINITY
-    cdef bint scan = kh * kw > 4 * sh * sw
+    cdef bint scan = _scan_pays(kh, kw, sh, sw)
     cdef bint full                                  # run the rule with the NaN test
     if N == 0:
         return
@@ -2487,7 +2495,8 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
     When window rows cannot share an input row (``sh > (kh - 1) * dh``) the output rows are shared among the
     threads, each owning the input rows of its windows; otherwise whole images are, so that the windows
     touching one cell are always summed in row-major order by one thread. Gradient rows are zeroed just
-    before the first window reaches them, while they are still in cache. ``best_buf`` and ``tap_buf`` hold a
+    before the first window reaches them, while they are still in cache. Where :func:`_scan_pays`, the input rows
+    of a unit are scanned for NaN first, as in :func:`extremum_nhwc`. ``best_buf`` and ``tap_buf`` hold a
     scratch row of at least ``2 * C`` values per thread (two halves: the running values and the next tap's).
     The caller keeps ``kh * kw`` below 2**24 for float32 (tap numbers are held in the float type).
     """
@@ -2502,7 +2511,8 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
     cdef bint by_rows = sh > (kh - 1) * dh
     cdef bint k2s2 = PL_AVX2 and _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw)
     cdef UnitRows u
-    cdef bint has_nan
+    cdef bint scan = _scan_pays(kh, kw, sh, sw)
+    cdef bint full                                  # run the rule with the NaN test
     if N == 0:
         return
     if min(best_buf.shape[0], tap_buf.shape[0]) < max(num_threads, 1) or min(best_buf.shape[1],
@@ -2538,7 +2548,7 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
                 continue
             r0 = max(i_lo * sh - ph, 0)                          # every input row these windows touch
             r1 = min((i_hi - 1) * sh - ph + (kh - 1) * dh + 1, H)
-            has_nan = r1 > r0 and _has_nan(xn + r0 * W * C, (r1 - r0) * W * C)
+            full = not scan or (r1 > r0 and _has_nan(xn + r0 * W * C, (r1 - r0) * W * C))
             zeroed = h_lo                                        # rows [h_lo, zeroed) of grad_x are zeroed
             for i in range(i_lo, i_hi):
                 # zero the rows this output row's windows reach first, just before they are used (cache-hot)
@@ -2547,7 +2557,7 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
                     memset(gx + zeroed * W * C, 0, (r1 - zeroed) * W * C * sizeof(floating))
                     zeroed = r1
                 grow = &grad_out[n, i, 0, 0]
-                if has_nan:
+                if full:
                     if minimum:
                         _nhwc_row_backward(xn, grow, gx, best, tap, i, H, W, C, out_w, kh, kw, sh, sw, ph, pw, dh,
                                            dw, <MinRule*> NULL)
