@@ -292,14 +292,18 @@ def check_grad_out(grad_out, expected_nchw_shape, dtype, layout):
     ``expected_nchw_shape`` is the forward output's shape in NCHW order; ``grad_out`` is given in ``layout``.
     """
     grad_out = check_input(grad_out, "grad_out", ndim=len(expected_nchw_shape))
-    expected = expected_nchw_shape
+    _check_output_shape(grad_out, "grad_out", expected_nchw_shape, layout)
+    return to_nchw(grad_out.astype(dtype, copy=False), layout)
+
+
+def _check_output_shape(a, name, expected_nchw_shape, layout):
+    """Raise ValueError unless ``a`` (given in ``layout``) has the forward output's shape, ``expected_nchw_shape`` in
+    NCHW order."""
+    expected = tuple(expected_nchw_shape)
     if layout == "NHWC" and len(expected) == 4:
         expected = (expected[0], expected[2], expected[3], expected[1])
-    if grad_out.shape != tuple(expected):
-        raise ValueError(
-            f"grad_out must have the shape of the forward output, {tuple(expected)} ({layout}), got {grad_out.shape}"
-        )
-    return to_nchw(grad_out.astype(dtype, copy=False), layout)
+    if a.shape != expected:
+        raise ValueError(f"{name} must have the shape of the forward output, {expected} ({layout}), got {a.shape}")
 
 
 def check_indices(indices, expected_nchw_shape, layout):
@@ -311,13 +315,7 @@ def check_indices(indices, expected_nchw_shape, layout):
                         f"got {type(indices).__name__}")
     if indices.dtype.kind not in "iu":
         raise TypeError(f"indices must hold integers (return_indices=True gives int64), got dtype {indices.dtype}")
-    expected = expected_nchw_shape
-    if layout == "NHWC":
-        expected = (expected[0], expected[2], expected[3], expected[1])
-    if indices.shape != tuple(expected):
-        raise ValueError(
-            f"indices must have the shape of the forward output, {tuple(expected)} ({layout}), got {indices.shape}"
-        )
+    _check_output_shape(indices, "indices", expected_nchw_shape, layout)
     return to_nchw(indices.astype(np.int64, copy=False), layout)
 
 
