@@ -109,6 +109,21 @@ def test_nhwc_output_is_in_nhwc(backend):
     assert_close(grad, np.full(x_nhwc.shape, 1 / 8))
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 3, 1, 1), (2, 1, 4, 5), (1, 3, 1, 4), (2, 1, 1, 1)])
+def test_the_compiled_tier_reads_the_memory_order_from_the_strides(shape):
+    """``cython_tier._is_nhwc`` picks the kernel by memory order. When both orders describe the memory (one
+    channel, or a 1x1 plane), the strides of the size-1 axes decide, so a global pooling's (N, C, 1, 1)
+    ``grad_out`` handed over in NHWC memory stays NHWC."""
+    if "cython" not in pl.available_backends():
+        pytest.skip("the compiled tier is not built on this machine")
+    from pooling_lib.cython_tier import _is_nhwc
+    nchw = np.zeros(shape)
+    nhwc = np.zeros((shape[0], shape[2], shape[3], shape[1])).transpose(0, 3, 1, 2)
+    assert not _is_nhwc(nchw)
+    assert _is_nhwc(nhwc) == (shape[1] > 1)
+    assert not _is_nhwc(nchw[:, :, ::-1])  # neither order: not NHWC
+
+
 def test_layout_changes_the_meaning_of_the_axes(backend):
     # The same (1, 2, 2, 2) array read as NCHW (C=2, 2x2 planes) or as NHWC (H=2, W=2, C=2)
     a = np.arange(8.0).reshape(1, 2, 2, 2)
