@@ -7,6 +7,7 @@ The compiled kernels run with bounds checks off, so nothing reaches them that th
 """
 from __future__ import annotations
 
+import functools
 import numbers
 import operator
 from dataclasses import dataclass
@@ -184,10 +185,15 @@ def check_input(x, name="x", ndim=4):
     float32 and float64 keep their dtype (a byte-swapped one becomes native); every other real dtype (integers,
     bool, float16, longdouble) is converted to float64. Complex, object, string and other non-real dtypes are a TypeError.
     """
-    if type(x) is np.ndarray and (x.dtype is _FLOAT32 or x.dtype is _FLOAT64):
-        if x.ndim != ndim:
-            raise ValueError(f"{name} must be a {ndim}-D array, got ndim={x.ndim} with shape {x.shape}")
-        return x  # the common case, in fewer steps (see ``_GEOMETRIES``)
+    if not (type(x) is np.ndarray and (x.dtype is _FLOAT32 or x.dtype is _FLOAT64)):  # else nothing to convert
+        x = _as_float_array(x, name)
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array, got ndim={x.ndim} with shape {x.shape}")
+    return x
+
+
+def _as_float_array(x, name):
+    """``x`` as a float32 or float64 ndarray (see :func:`check_input`), or raise TypeError."""
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple, numbers.Number)):
             x = np.asarray(x)
@@ -200,8 +206,6 @@ def check_input(x, name="x", ndim=4):
         x = x.astype(np.float32 if x.dtype.itemsize == 4 else np.float64, copy=False)  # byte-swapped -> native
     else:
         x = x.astype(np.float64)
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-D array, got ndim={x.ndim} with shape {x.shape}")
     return x
 
 
@@ -224,16 +228,6 @@ def check_divisor_override(divisor_override):
     return value
 
 
-# Geometries already checked, by (NCHW shape, kernel_size, stride, padding, dilation, ceil_mode). A network calls
-# each pooling layer with the same arguments and input shape batch after batch, and the checks below are dozens of
-# Python steps. When the work before a call has pushed Python's own code and data out of the caches, as a layer's
-# work does, they took 0.09 ms on the README's machine and a cache hit 0.01-0.02 ms; the benchmark input's whole
-# 2x2 max forward takes 1.2 ms on two threads there. Only exact Python ints (and a bool ceil_mode) make a key:
-# True == 1 and 2.0 == 2 hash alike, and those arguments must still raise their TypeError.
-_GEOMETRIES = {}
-_GEOMETRIES_MAX = 256
-
-
 def _exact_ints(value):
     """True for a Python int or a pair (tuple) of Python ints; False for bools, NumPy ints, floats and lists."""
     kind = type(value)
@@ -250,25 +244,18 @@ def pool_geometry(x_nchw, kernel_size, stride=None, padding=0, dilation=1, ceil_
     least one input cell (a dilation larger than the input can step over all of them); ``H`` and ``W`` and ``C``
     are at least 1 (``N`` may be 0).
 
-    A geometry that passed is kept (see ``_GEOMETRIES``) and returned again for the same shape and exact-int
-    arguments; ``layout`` only words the error messages, so it is not part of the key.
+    A geometry that passed is kept (``_kept_geometry``) and returned again for the same shape, exact-int arguments
+    and layout.
     """
-    key = None
+    args = (x_nchw.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
     if (type(ceil_mode) is bool and _exact_ints(kernel_size) and _exact_ints(padding) and _exact_ints(dilation)
             and (stride is None or _exact_ints(stride))):
-        key = (x_nchw.shape, kernel_size, stride, padding, dilation, ceil_mode)
-        g = _GEOMETRIES.get(key)
-        if g is not None:
-            return g
-    g = _check_geometry(x_nchw, kernel_size, stride, padding, dilation, ceil_mode, layout)
-    if key is not None:
-        if len(_GEOMETRIES) >= _GEOMETRIES_MAX:
-            _GEOMETRIES.clear()
-        _GEOMETRIES[key] = g
-    return g
+        return _kept_geometry(*args)
+    return _check_geometry(*args)
 
 
-def _check_geometry(x_nchw, kernel_size, stride, padding, dilation, ceil_mode, layout):
+def _check_geometry(shape, kernel_size, stride, padding, dilation, ceil_mode, layout):
+    """:func:`pool_geometry`'s checks, for an input of NCHW ``shape``."""
     k = _positive_pair(kernel_size, "kernel_size")
     s = k if stride is None else _positive_pair(stride, "stride")
     p = as_pair(padding, "padding")
@@ -281,9 +268,9 @@ def _check_geometry(x_nchw, kernel_size, stride, padding, dilation, ceil_mode, l
         )
     d = _positive_pair(dilation, "dilation")
     ceil_mode = _check_bool(ceil_mode, "ceil_mode")
-    N, C, H, W = x_nchw.shape
+    N, C, H, W = shape
     if C < 1 or H < 1 or W < 1:
-        shape = x_nchw.shape if layout == "NCHW" else (N, H, W, C)
+        shape = shape if layout == "NCHW" else (N, H, W, C)
         raise ValueError(f"x must have at least one channel, row and column, got shape {shape} ({layout})")
     out_h = _output_length(H, k[0], s[0], p[0], d[0], ceil_mode)
     out_w = _output_length(W, k[1], s[1], p[1], d[1], ceil_mode)
@@ -302,6 +289,15 @@ def _check_geometry(x_nchw, kernel_size, stride, padding, dilation, ceil_mode, l
                 f"every window must cover at least one input cell"
             )
     return PoolGeometry(N, C, H, W, *k, *s, *p, *d, out_h, out_w, ceil_mode)
+
+
+# A network calls each pooling layer with the same arguments and input shape batch after batch, and the checks in
+# _check_geometry are dozens of Python steps. When the work before a call has pushed Python's own code and data out
+# of the caches, as a layer's work does, they took 0.11 ms on the README's machine and a kept geometry 0.03 ms;
+# the benchmark input's whole 2x2 max forward takes 1.2 ms on two threads there. So pool_geometry keeps the last
+# geometries that passed (_kept_geometry), but only for exact Python ints (and a bool ceil_mode): True == 1 and
+# 2.0 == 2 hash alike, and those arguments must still raise their TypeError.
+_kept_geometry = functools.lru_cache(maxsize=256)(_check_geometry)
 
 
 def _first_empty_window(length, k, s, p, d, out):

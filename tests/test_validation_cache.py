@@ -1,7 +1,7 @@
 """The checked-geometry and divisor caches: a hit gives what the checks would give, and never skips an error.
 
-``params.pool_geometry`` keeps the geometries that passed, and ``cython_tier._avg_divisors`` the divisor arrays it
-built (both to save Python work on a layer's repeated calls). A cache keyed loosely would be wrong in a way no
+``params.pool_geometry`` keeps the geometries that passed (``params._kept_geometry``), and
+``cython_tier._avg_divisors`` the divisor arrays it built (both to save Python work on a layer's repeated calls). A cache keyed loosely would be wrong in a way no
 other test sees: ``True == 1``, ``0 == False`` and ``2.0 == 2`` hash alike, so after a good call with ``2`` a call
 with ``2.0`` could find its geometry and skip the TypeError it must raise.
 """
@@ -48,13 +48,13 @@ def test_a_cached_geometry_never_skips_a_type_error(func, good, bad, name):
 def test_pool_geometry_from_the_cache_equals_the_checks():
     """Every size argument form, twice: the second call is served from the cache and must equal the first and a
     fresh check; the unhashable and NumPy forms are checked every time and give the same geometry too."""
-    P._GEOMETRIES.clear()
+    P._kept_geometry.cache_clear()
     shapes = [(2, 3, 7, 5), (1, 1, 4, 9), (0, 2, 6, 6)]
     for shape, k, s, p, d, ceil in itertools.product(shapes, [1, 2, 3, (2, 3)], [None, 1, 2, (1, 2)], [0, 1],
                                                       [1, 2], [False, True]):
         x = np.zeros(shape)
         try:
-            fresh = P._check_geometry(x, k, s, p, d, ceil, "NCHW")
+            fresh = P._check_geometry(x.shape, k, s, p, d, ceil, "NCHW")
         except ValueError:
             with pytest.raises(ValueError):
                 P.pool_geometry(x, k, s, p, d, ceil)
@@ -66,14 +66,17 @@ def test_pool_geometry_from_the_cache_equals_the_checks():
         as_list = list(k) if isinstance(k, tuple) else [k, k]
         assert P.pool_geometry(x, as_list, s, p, d, ceil) == fresh
         assert P.pool_geometry(x, np.int64(as_list[0]) if as_list[0] == as_list[1] else k, s, p, d, ceil) == fresh
-    assert 0 < len(P._GEOMETRIES) <= P._GEOMETRIES_MAX
+    info = P._kept_geometry.cache_info()
+    assert 0 < info.currsize <= info.maxsize
 
 
 def test_the_geometry_cache_is_bounded():
-    P._GEOMETRIES.clear()
-    for w in range(2, 2 + 3 * P._GEOMETRIES_MAX):
+    P._kept_geometry.cache_clear()
+    limit = P._kept_geometry.cache_info().maxsize
+    assert limit is not None
+    for w in range(2, 2 + 3 * limit):
         P.pool_geometry(np.zeros((1, 1, 2, w)), 2)
-        assert len(P._GEOMETRIES) <= P._GEOMETRIES_MAX
+        assert P._kept_geometry.cache_info().currsize <= limit
     g = P.pool_geometry(np.zeros((1, 1, 2, 9)), 2)
     assert (g.out_h, g.out_w) == (1, 4)
 
