@@ -3,7 +3,9 @@
 """Compiled pooling kernels, called by :mod:`pooling_lib.cython_tier` (never by users directly).
 
 Every kernel takes C-contiguous arrays that the tier has allocated and checked, releases the GIL and shares
-its outer loop among ``num_threads`` OpenMP threads (``prange``). Inputs are ``float`` or ``double`` (the fused
+its outer loop among ``num_threads`` OpenMP threads (``prange``). Most take them as typed memoryviews; the NCHW max
+and average forwards (:func:`extremum_nchw`, :func:`avg_nchw`) take ndarrays and check them in C, which is quicker
+to enter (the fixed cost of every call, see :func:`extremum_nchw`). Inputs are ``float`` or ``double`` (the fused
 type ``floating``); indices are ``int64``. The kernels follow the naive tier's rules to the bit:
 
 * max (min) pooling: a running best that starts at -inf (+inf) with the index of the window's first real cell and
@@ -99,8 +101,11 @@ def max_pool2d_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, 
 # --- END CHAPTER 8 KERNEL ---
 
 from cython.parallel cimport parallel, threadid
+cimport numpy as cnp
 from libc.stdint cimport int32_t, uint64_t
 from libc.string cimport memcpy, memset
+
+cnp.import_array()
 
 
 cdef extern from *:
@@ -1126,18 +1131,11 @@ cdef void _plane_index(const floating* xp, floating* op, int64_t* ip, Py_ssize_t
                 _fold_index(best, win, xp + h * W, j, j + 1, b_hi - b_lo, sw, dw, -pw + b_lo * dw, h * W, minimum)
 
 
-def extremum_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
-                  int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, bint minimum, bint track,
-                  int num_threads):
-    """Max (min) pooling of a C-contiguous NCHW batch; ``indices`` is filled only when ``track``.
-
-    Without indices, each plane is first scanned for NaN, and a plane without one runs with the rule that
-    skips the NaN test; 2x2 stride-2 windows skip the scan and always run the rule that handles NaN (the scan cost
-    more than it saved; with AVX2, :c:func:`pl_vals_2x2_f32` tests each block of windows instead, which took the
-    float32 forward on the benchmark input to 0.97x its time on one thread and 0.93x on two).
-    """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+cdef void _extremum_nchw(const floating* x, floating* out, int64_t* indices, Py_ssize_t N, Py_ssize_t C,
+                         Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, int kh, int kw, int sh,
+                         int sw, int ph, int pw, int dh, int dw, bint minimum, bint track,
+                         int num_threads) noexcept nogil:
+    """The loop of :func:`extremum_nchw`, on the arrays' memory."""
     cdef Py_ssize_t plane
     cdef const floating* xp
     cdef const floating* nxt
@@ -1145,12 +1143,12 @@ def extremum_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
     cdef bint k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw)
     if N * C == 0:
         return
-    for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
-        xp = &x[0, 0, 0, 0] + plane * H * W
-        op = &out[0, 0, 0, 0] + plane * out_h * out_w
+    for plane in prange(N * C, schedule="guided", num_threads=num_threads):
+        xp = x + plane * H * W
+        op = out + plane * out_h * out_w
         nxt = (xp + H * W) if plane + 1 < N * C else NULL
         if track:
-            _plane_index(xp, op, &indices[0, 0, 0, 0] + plane * out_h * out_w, H, W, out_h, out_w,
+            _plane_index(xp, op, indices + plane * out_h * out_w, H, W, out_h, out_w,
                          kh, kw, sh, sw, ph, pw, dh, dw, minimum)
         elif k2s2 or _has_nan(xp, H * W):
             if minimum:
@@ -1161,6 +1159,82 @@ def extremum_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
             _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt, <MinRuleNoNaN*> NULL)
         else:
             _plane_vals(xp, op, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt, <MaxRuleNoNaN*> NULL)
+
+
+cdef int _check_array(cnp.ndarray a, str name, int typenum, int ndim, bint writeable) except -1:
+    """The checks a C-contiguous typed memoryview of the dtype would make on ``a``, in C: ``ndim`` dimensions,
+    C-contiguous, aligned, native byte order, the dtype ``typenum``, and writeable when ``writeable``."""
+    if cnp.PyArray_NDIM(a) != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got {cnp.PyArray_NDIM(a)}")
+    if cnp.PyArray_TYPE(a) != typenum or not cnp.PyArray_ISNOTSWAPPED(a):
+        raise ValueError(f"{name} has dtype {a.dtype}, expected {cnp.PyArray_DescrFromType(typenum)} in native "
+                         f"byte order")
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a)):
+        raise ValueError(f"{name} must be C-contiguous and aligned")
+    if writeable and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{name} must be writeable")
+    return 0
+
+
+cdef int _check_pool_arrays(cnp.ndarray x, cnp.ndarray out, int kh, int kw, int sh, int sw, int ph, int pw, int dh,
+                            int dw) except -1:
+    """Checks of a forward kernel's input and output (4-d NCHW, C-contiguous, one float dtype, out writeable) and
+    geometry: sizes, strides and dilations of at least 1, paddings of at least 0, and an ``out`` with the ``N`` and
+    ``C`` of ``x`` and no window that starts outside ``x`` (true of every output size of
+    :func:`pooling_lib.pool2d_output_size`). Returns the dtype's type number."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef cnp.npy_intp* xs
+    cdef cnp.npy_intp* os
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"kernel sizes, strides and dilations must be >= 1 and paddings >= 0, got kernel {kh} x {kw}, "
+                         f"stride {sh} x {sw}, padding {ph} x {pw}, dilation {dh} x {dw}")
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        raise ValueError(f"x must be float32 or float64, got {x.dtype}")
+    _check_array(x, "x", typenum, 4, False)
+    _check_array(out, "out", typenum, 4, True)
+    xs = cnp.PyArray_DIMS(x)
+    os = cnp.PyArray_DIMS(out)
+    if os[0] != xs[0] or os[1] != xs[1]:
+        raise ValueError(f"out must have the N and C of x, {xs[0]} and {xs[1]}, got {os[0]} and {os[1]}")
+    if (os[2] - 1) * sh - ph >= xs[2] or (os[3] - 1) * sw - pw >= xs[3]:
+        raise ValueError(f"out's last window starts outside x: {os[2]} x {os[3]} windows at stride {sh} x {sw}, "
+                         f"padding {ph} x {pw}, on {xs[2]} x {xs[3]} cells")
+    return typenum
+
+
+def extremum_nchw(cnp.ndarray x, cnp.ndarray out, cnp.ndarray indices, int kh, int kw, int sh, int sw, int ph,
+                  int pw, int dh, int dw, bint minimum, bint track, int num_threads):
+    """Max (min) pooling of a C-contiguous NCHW batch; ``indices`` (int64, the shape of ``out``) is filled only when
+    ``track``.
+
+    Without indices, each plane is first scanned for NaN, and a plane without one runs with the rule that
+    skips the NaN test; 2x2 stride-2 windows skip the scan and always run the rule that handles NaN (the scan cost
+    more than it saved; with AVX2, :c:func:`pl_vals_2x2_f32` tests each block of windows instead, which took the
+    float32 forward on the benchmark input to 0.97x its time on one thread and 0.93x on two).
+
+    The arrays come as ndarrays, checked in C (:func:`_check_pool_arrays`), not as typed memoryviews, as in
+    :func:`avg_nchw`: entering a function costs every call, however small its input, and right after a cache sweep
+    it took 39-44 µs this way against 70-186 µs with three memoryviews (on the README's machine, a 4x4 input).
+    """
+    cdef int typenum = _check_pool_arrays(x, out, kh, kw, sh, sw, ph, pw, dh, dw)
+    cdef cnp.npy_intp* xs = cnp.PyArray_DIMS(x)
+    cdef cnp.npy_intp* os = cnp.PyArray_DIMS(out)
+    cdef int d
+    if track:
+        _check_array(indices, "indices", cnp.NPY_INT64, 4, True)
+        for d in range(4):
+            if cnp.PyArray_DIMS(indices)[d] != os[d]:
+                raise ValueError(f"indices must have the shape of out, {(<object> out).shape}, got "
+                                 f"{(<object> indices).shape}")
+    with nogil:
+        if typenum == cnp.NPY_FLOAT:
+            _extremum_nchw(<const float*> cnp.PyArray_DATA(x), <float*> cnp.PyArray_DATA(out),
+                           <int64_t*> cnp.PyArray_DATA(indices), xs[0], xs[1], xs[2], xs[3], os[2], os[3], kh, kw,
+                           sh, sw, ph, pw, dh, dw, minimum, track, num_threads)
+        else:
+            _extremum_nchw(<const double*> cnp.PyArray_DATA(x), <double*> cnp.PyArray_DATA(out),
+                           <int64_t*> cnp.PyArray_DATA(indices), xs[0], xs[1], xs[2], xs[3], os[2], os[3], kh, kw,
+                           sh, sw, ph, pw, dh, dw, minimum, track, num_threads)
 
 
 cdef inline void _winners_2x2(const floating* r0, const floating* r1, const floating* g, floating* g0, floating* g1,
@@ -2644,11 +2718,10 @@ cdef inline floating _avg_cells(const floating* r0, Py_ssize_t W, Py_ssize_t row
     return s
 
 
-def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const floating[:, ::1] divisors,
-             int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
-    """Average pooling of a C-contiguous NCHW batch."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+cdef void _avg_nchw(const floating* x, floating* out, const floating* divisors, Py_ssize_t N, Py_ssize_t C,
+                    Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, int kh, int kw, int sh, int sw,
+                    int ph, int pw, int num_threads) noexcept nogil:
+    """The loops of :func:`avg_nchw`, on the arrays' memory (``divisors``: ``out_h`` rows of ``out_w``)."""
     cdef Py_ssize_t plane, i, j, a, b, h, h0, off, a_lo, a_hi, j_lo, j_hi, jl, jh, reach
     cdef const floating* xp
     cdef const floating* r0
@@ -2659,15 +2732,15 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
     if N * C == 0:
         return
     if _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1):
-        for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
-            xp = &x[0, 0, 0, 0] + plane * H * W
-            op = &out[0, 0, 0, 0] + plane * out_h * out_w
+        for plane in prange(N * C, schedule="guided", num_threads=num_threads):
+            xp = x + plane * H * W
+            op = out + plane * out_h * out_w
             reach = (2 if plane + 1 < N * C else 1) * H    # rows the prefetch may touch: this plane and the next
             for i in range(out_h):
                 _prefetch_rows(xp, 2 * (i + PF_AHEAD), 2 * (i + PF_AHEAD) + 2, W, reach)
                 r0 = xp + 2 * i * W
                 r1 = r0 + W
-                dv = &divisors[i, 0]
+                dv = divisors + i * out_w
                 for j in range(out_w):
                     s = 0
                     s = s + r0[2 * j]
@@ -2677,12 +2750,12 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
                     op[i * out_w + j] = s / dv[j]
         return
     _interior(out_w, kw, sw, pw, 1, W, &jl, &jh)
-    for plane in prange(N * C, nogil=True, schedule="guided", num_threads=num_threads):
-        xp = &x[0, 0, 0, 0] + plane * H * W
+    for plane in prange(N * C, schedule="guided", num_threads=num_threads):
+        xp = x + plane * H * W
         reach = (2 if plane + 1 < N * C else 1) * H
         for i in range(out_h):
-            op = &out[0, 0, 0, 0] + (plane * out_h + i) * out_w
-            dv = &divisors[i, 0]
+            op = out + (plane * out_h + i) * out_w
+            dv = divisors + i * out_w
             h0 = i * sh - ph
             # the input rows that output row i + PF_AHEAD reads and row i + PF_AHEAD - 1 does not
             _prefetch_rows(xp, h0 + kh + (PF_AHEAD - 1) * sh, h0 + kh + PF_AHEAD * sh, W, reach)
@@ -2718,6 +2791,27 @@ def avg_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
                         _sum_taps(op, xp + h * W, j_lo, j_hi, sw, off)
             for j in range(out_w):
                 op[j] = op[j] / dv[j]
+
+
+def avg_nchw(cnp.ndarray x, cnp.ndarray out, cnp.ndarray divisors, int kh, int kw, int sh, int sw, int ph, int pw,
+             int num_threads):
+    """Average pooling of a C-contiguous NCHW batch; ``divisors``: the ``(out_h, out_w)`` divisors, in the dtype of
+    ``x``. The arrays come as ndarrays, checked in C, as in :func:`extremum_nchw` (and for the same reason)."""
+    cdef int typenum = _check_pool_arrays(x, out, kh, kw, sh, sw, ph, pw, 1, 1)
+    cdef cnp.npy_intp* xs = cnp.PyArray_DIMS(x)
+    cdef cnp.npy_intp* os = cnp.PyArray_DIMS(out)
+    _check_array(divisors, "divisors", typenum, 2, False)
+    if cnp.PyArray_DIMS(divisors)[0] != os[2] or cnp.PyArray_DIMS(divisors)[1] != os[3]:
+        raise ValueError(f"divisors must have out's {os[2]} x {os[3]} windows, got {(<object> divisors).shape}")
+    with nogil:
+        if typenum == cnp.NPY_FLOAT:
+            _avg_nchw(<const float*> cnp.PyArray_DATA(x), <float*> cnp.PyArray_DATA(out),
+                      <const float*> cnp.PyArray_DATA(divisors), xs[0], xs[1], xs[2], xs[3], os[2], os[3], kh, kw, sh,
+                      sw, ph, pw, num_threads)
+        else:
+            _avg_nchw(<const double*> cnp.PyArray_DATA(x), <double*> cnp.PyArray_DATA(out),
+                      <const double*> cnp.PyArray_DATA(divisors), xs[0], xs[1], xs[2], xs[3], os[2], os[3], kh, kw,
+                      sh, sw, ph, pw, num_threads)
 
 
 cdef extern from *:

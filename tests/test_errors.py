@@ -455,6 +455,90 @@ def test_nhwc_backward_kernel_refuses_short_scratch_rows():
         assert (grad_x == 7.0).all()            # refused before anything was written
 
 
+def _forward_kernel_builds():
+    """The compiled builds this machine can run: the baseline one, and the AVX2 one where the CPU has AVX2."""
+    from pooling_lib import cython_tier
+    builds = [cython_tier.BASELINE]
+    if cython_tier.BASELINE.cpu_has_avx2() and cython_tier._load_avx2() is not None:
+        builds.append(cython_tier._load_avx2())
+    return builds
+
+
+def _bad_forward_arrays():
+    """(what is wrong, x, out, third array, error type, message) for the two forward kernels that take ndarrays:
+    each case breaks one rule of their C checks (``_check_array``, ``_check_pool_arrays``)."""
+    x = np.zeros((1, 2, 6, 6))
+    out = np.full((1, 2, 3, 3), 7.0)
+    readonly = np.full((1, 2, 3, 3), 7.0)
+    readonly.flags.writeable = False
+    return [
+        ("x not an ndarray", x.tolist(), out, TypeError, r"Argument 'x' has incorrect type"),
+        ("x of ints", x.astype(np.int32), out, ValueError, r"x must be float32 or float64, got int32"),
+        ("x 3-d", x[0], out, ValueError, r"x must have 4 dimensions, got 3"),
+        ("x big-endian", x.astype(">f8"), out, ValueError, r"x has dtype >f8, expected float64 in native byte order"),
+        ("x strided", np.zeros((1, 2, 6, 12))[..., ::2], out, ValueError, r"x must be C-contiguous and aligned"),
+        ("out float32", x, out.astype(np.float32), ValueError, r"out has dtype float32, expected float64"),
+        ("out read-only", x, readonly, ValueError, r"out must be writeable"),
+        ("out of another C", x, np.full((1, 3, 3, 3), 7.0), ValueError, r"out must have the N and C of x, 1 and 2, "
+                                                                        r"got 1 and 3"),
+        ("out too tall", x, np.full((1, 2, 4, 3), 7.0), ValueError, r"out's last window starts outside x: 4 x 3 "),
+        ("out too wide", x, np.full((1, 2, 3, 4), 7.0), ValueError, r"out's last window starts outside x: 3 x 4 "),
+    ]
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_forward_kernels_check_their_arrays(case):
+    """The NCHW max and average forward kernels take plain ndarrays (a typed memoryview cost about 35 µs more to
+    enter, on every call) and check them in C before any thread runs: each bad array gets its ValueError or
+    TypeError, and ``out`` is left as it was. Checked in every build, with 2x2 stride-2 windows on a 6 x 6 plane."""
+    if "cython" not in pl.available_backends():
+        pytest.skip("the compiled tier is not built on this machine")
+    what, x, out, error, message = _bad_forward_arrays()[case]
+    no_indices = np.empty((0, 0, 0, 0), dtype=np.int64)
+    divisors = np.full((3, 3), 4.0)
+    for kernels in _forward_kernel_builds():
+        calls = [lambda: kernels.extremum_nchw(x, out, no_indices, 2, 2, 2, 2, 0, 0, 1, 1, False, False, 1),
+                 lambda: kernels.avg_nchw(x, out, divisors, 2, 2, 2, 2, 0, 0, 1)]
+        for call in calls:
+            with pytest.raises(error, match=message):
+                call()
+            assert (out == 7.0).all(), f"{what}: out was written"   # refused before any thread ran
+
+
+def test_forward_kernels_check_indices_and_divisors():
+    """The max forward checks ``indices`` when it tracks the winners (int64, 4-d, writeable, the shape of ``out``);
+    the average forward checks ``divisors`` (2-d, the dtype of ``x``, ``out_h x out_w``); both refuse a size, stride
+    or dilation below 1 and a negative padding (a stride of 0 would divide by zero in C). The good arrays pass."""
+    if "cython" not in pl.available_backends():
+        pytest.skip("the compiled tier is not built on this machine")
+    x = np.arange(72.0).reshape(1, 2, 6, 6)
+    out = np.empty((1, 2, 3, 3))
+    for kernels in _forward_kernel_builds():
+        indices = np.empty((1, 2, 3, 3), dtype=np.int64)
+        kernels.extremum_nchw(x, out, indices, 2, 2, 2, 2, 0, 0, 1, 1, False, True, 1)
+        expected, expected_indices = pl.max_pool2d(x, 2, return_indices=True, backend="numpy")
+        assert np.array_equal(out, expected) and np.array_equal(indices, expected_indices)
+        for bad, message in [(np.empty((1, 2, 3, 3), dtype=np.int32), r"indices has dtype int32, expected int64"),
+                             (np.empty((1, 2, 3, 2), dtype=np.int64), r"indices must have the shape of out"),
+                             (np.empty((0, 0, 0, 0), dtype=np.int64), r"indices must have the shape of out")]:
+            with pytest.raises(ValueError, match=message):
+                kernels.extremum_nchw(x, out, bad, 2, 2, 2, 2, 0, 0, 1, 1, False, True, 1)
+        kernels.avg_nchw(x, out, np.full((3, 3), 4.0), 2, 2, 2, 2, 0, 0, 1)
+        assert np.array_equal(out, pl.avg_pool2d(x, 2, backend="numpy"))
+        for bad, message in [(np.full((3, 3), 4.0, dtype=np.float32), r"divisors has dtype float32, expected float64"),
+                             (np.full((3, 2), 4.0), r"divisors must have out's 3 x 3 windows, got \(3, 2\)"),
+                             (np.full(9, 4.0), r"divisors must have 2 dimensions, got 1")]:
+            with pytest.raises(ValueError, match=message):
+                kernels.avg_nchw(x, out, bad, 2, 2, 2, 2, 0, 0, 1)
+        for geometry in [(0, 2, 2, 2, 0, 0), (2, 2, 0, 2, 0, 0), (2, 2, 2, -1, 0, 0), (2, 2, 2, 2, -1, 0)]:
+            with pytest.raises(ValueError, match=r"kernel sizes, strides and dilations must be >= 1 and paddings >= 0"):
+                kernels.avg_nchw(x, out, np.full((3, 3), 4.0), *geometry, 1)
+            with pytest.raises(ValueError, match=r"kernel sizes, strides and dilations must be >= 1 and paddings >= 0"):
+                kernels.extremum_nchw(x, out, indices, *geometry, 1, 1, False, True, 1)
+        with pytest.raises(ValueError, match=r"dilation 1 x 0"):
+            kernels.extremum_nchw(x, out, indices, 2, 2, 2, 2, 0, 0, 1, 0, False, True, 1)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The backward from indices
 # --------------------------------------------------------------------------------------------------------------
