@@ -1219,13 +1219,11 @@ def extremum_nchw(cnp.ndarray x, cnp.ndarray out, cnp.ndarray indices, int kh, i
     cdef int typenum = _check_pool_arrays(x, out, kh, kw, sh, sw, ph, pw, dh, dw)
     cdef cnp.npy_intp* xs = cnp.PyArray_DIMS(x)
     cdef cnp.npy_intp* os = cnp.PyArray_DIMS(out)
-    cdef int d
     if track:
         _check_array(indices, "indices", cnp.NPY_INT64, 4, True)
-        for d in range(4):
-            if cnp.PyArray_DIMS(indices)[d] != os[d]:
-                raise ValueError(f"indices must have the shape of out, {(<object> out).shape}, got "
-                                 f"{(<object> indices).shape}")
+        if not cnp.PyArray_SAMESHAPE(indices, out):
+            raise ValueError(f"indices must have the shape of out, {(<object> out).shape}, got "
+                             f"{(<object> indices).shape}")
     with nogil:
         if typenum == cnp.NPY_FLOAT:
             _extremum_nchw(<const float*> cnp.PyArray_DATA(x), <float*> cnp.PyArray_DATA(out),

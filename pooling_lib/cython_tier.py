@@ -321,7 +321,7 @@ def max_pool_backward(grad_out, x, g, minimum=False):
     return grad_x
 
 
-# Divisor arrays are kept, read-only, for the last (geometry, count_include_pad, divisor_override, dtype) seen:
+# Divisor arrays are kept, read-only, for the last 256 (geometry, count_include_pad, divisor_override, dtype) seen:
 # building one takes a handful of small NumPy calls, 0.13 ms on the README's machine when their code is out of the
 # caches, as it is after a layer's work, and a kept one 0.03 ms (see ``params._kept_geometry``).
 @functools.lru_cache(maxsize=256)

@@ -20,6 +20,21 @@ FAST_BACKENDS = tuple(b for b in BACKENDS if b != "naive")  # every tier checked
 DTYPES = (np.float32, np.float64)
 LAYOUTS = ("NCHW", "NHWC")
 
+
+def compiled_builds():
+    """The builds of the compiled kernels this machine can run, by name: ``baseline``, and ``avx2`` where the CPU has
+    AVX2 and that build loads. Empty when the compiled tier is not built."""
+    try:
+        from pooling_lib import cython_tier
+    except ImportError:
+        return {}
+    builds = {"baseline": cython_tier.BASELINE}
+    avx2 = cython_tier._load_avx2() if cython_tier.BASELINE.cpu_has_avx2() else None
+    if avx2 is not None:
+        builds["avx2"] = avx2
+    return builds
+
+
 # Hypothesis budget: the naive tier is slow, so shapes are small and the example count modest.
 PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # For tests that run several functions on every tier per example.

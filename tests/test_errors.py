@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import pooling_lib as pl
+from _helpers import compiled_builds
 from pooling_lib import functional as F
 
 X = np.zeros((1, 1, 4, 4))
@@ -455,15 +456,6 @@ def test_nhwc_backward_kernel_refuses_short_scratch_rows():
         assert (grad_x == 7.0).all()            # refused before anything was written
 
 
-def _forward_kernel_builds():
-    """The compiled builds this machine can run: the baseline one, and the AVX2 one where the CPU has AVX2."""
-    from pooling_lib import cython_tier
-    builds = [cython_tier.BASELINE]
-    if cython_tier.BASELINE.cpu_has_avx2() and cython_tier._load_avx2() is not None:
-        builds.append(cython_tier._load_avx2())
-    return builds
-
-
 def _bad_forward_arrays():
     """(what is wrong, x, out, third array, error type, message) for the two forward kernels that take ndarrays:
     each case breaks one rule of their C checks (``_check_array``, ``_check_pool_arrays``)."""
@@ -496,7 +488,7 @@ def test_forward_kernels_check_their_arrays(case):
     what, x, out, error, message = _bad_forward_arrays()[case]
     no_indices = np.empty((0, 0, 0, 0), dtype=np.int64)
     divisors = np.full((3, 3), 4.0)
-    for kernels in _forward_kernel_builds():
+    for kernels in compiled_builds().values():
         calls = [lambda: kernels.extremum_nchw(x, out, no_indices, 2, 2, 2, 2, 0, 0, 1, 1, False, False, 1),
                  lambda: kernels.avg_nchw(x, out, divisors, 2, 2, 2, 2, 0, 0, 1)]
         for call in calls:
@@ -513,7 +505,7 @@ def test_forward_kernels_check_indices_and_divisors():
         pytest.skip("the compiled tier is not built on this machine")
     x = np.arange(72.0).reshape(1, 2, 6, 6)
     out = np.empty((1, 2, 3, 3))
-    for kernels in _forward_kernel_builds():
+    for kernels in compiled_builds().values():
         indices = np.empty((1, 2, 3, 3), dtype=np.int64)
         kernels.extremum_nchw(x, out, indices, 2, 2, 2, 2, 0, 0, 1, 1, False, True, 1)
         expected, expected_indices = pl.max_pool2d(x, 2, return_indices=True, backend="numpy")

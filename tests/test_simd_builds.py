@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import pooling_lib.functional as F
+from _helpers import compiled_builds
 
 cython_tier = pytest.importorskip("pooling_lib.cython_tier", reason="the compiled tier is not built")
 
@@ -29,9 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:Runtim
 
 CPU_HAS_AVX2 = cython_tier.BASELINE.cpu_has_avx2()  # False on every CPU that is not x86
 AVX2_BUILD = cython_tier._load_avx2()
-BUILDS = {"baseline": cython_tier.BASELINE}
-if CPU_HAS_AVX2 and AVX2_BUILD is not None:
-    BUILDS["avx2"] = AVX2_BUILD
+BUILDS = compiled_builds()
 
 CONFIGS = [  # kernel_size, stride, padding, dilation, ceil_mode
     (2, 2, 0, 1, False),
