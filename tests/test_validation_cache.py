@@ -1,9 +1,10 @@
 """The checked-geometry and divisor caches: a hit gives what the checks would give, and never skips an error.
 
 ``params.pool_geometry`` keeps the geometries that passed (``params._kept_geometry``), and
-``cython_tier._avg_divisors`` the divisor arrays it built (both to save Python work on a layer's repeated calls). A cache keyed loosely would be wrong in a way no
-other test sees: ``True == 1``, ``0 == False`` and ``2.0 == 2`` hash alike, so after a good call with ``2`` a call
-with ``2.0`` could find its geometry and skip the TypeError it must raise.
+``cython_tier._avg_divisors`` the divisor arrays it built (both to save Python work on a layer's repeated calls). A
+cache keyed loosely would be wrong in a way no other test sees: ``True == 1``, ``0 == False`` and ``2.0 == 2`` hash
+alike, so after a good call with ``2`` a call with ``2.0`` could find its geometry and skip the TypeError it must
+raise.
 """
 import itertools
 
@@ -32,7 +33,8 @@ EQUAL_HASH_CASES = [
 ]
 
 
-CACHE_CASES = [(func, good, bad, name) for func in (pl.max_pool2d, pl.avg_pool2d) for good, bad, name in EQUAL_HASH_CASES
+CACHE_CASES = [(func, good, bad, name) for func in (pl.max_pool2d, pl.avg_pool2d)
+               for good, bad, name in EQUAL_HASH_CASES
                if not (func is pl.avg_pool2d and name == "dilation")]  # avg_pool2d has no dilation
 
 
