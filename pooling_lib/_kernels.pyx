@@ -3,9 +3,10 @@
 """Compiled pooling kernels, called by :mod:`pooling_lib.cython_tier` (never by users directly).
 
 Every kernel takes C-contiguous arrays that the tier has allocated and checked, releases the GIL and shares
-its outer loop among ``num_threads`` OpenMP threads (``prange``). Most take them as typed memoryviews; the NCHW max
-and average forwards (:func:`extremum_nchw`, :func:`avg_nchw`) take ndarrays and check them in C, which is quicker
-to enter (the fixed cost of every call, see :func:`extremum_nchw`). Inputs are ``float`` or ``double`` (the fused
+its outer loop among ``num_threads`` OpenMP threads (``prange``). The NCHW kernels of the calls the benchmark times
+(:func:`extremum_nchw`, :func:`extremum_index_nchw`, :func:`max_backward_indices`, :func:`avg_nchw`,
+:func:`avg_backward_nchw`) take ndarrays and check them in C, which is quicker to enter (the fixed cost of every
+call, see :func:`extremum_nchw`); the others take typed memoryviews. Inputs are ``float`` or ``double`` (the fused
 type ``floating``); indices are ``int64``. The kernels follow the naive tier's rules to the bit:
 
 * max (min) pooling: a running best that starts at -inf (+inf) with the index of the window's first real cell and
@@ -1177,28 +1178,32 @@ cdef int _check_array(cnp.ndarray a, str name, int typenum, int ndim, bint write
 
 
 cdef int _check_pool_arrays(cnp.ndarray x, cnp.ndarray out, int kh, int kw, int sh, int sw, int ph, int pw, int dh,
-                            int dw) except -1:
+                            int dw, str x_name="x", str out_name="out") except -1:
     """Checks of a forward kernel's input and output (4-d NCHW, C-contiguous, one float dtype, out writeable) and
     geometry: sizes, strides and dilations of at least 1, paddings of at least 0, and an ``out`` with the ``N`` and
     ``C`` of ``x`` and no window that starts outside ``x`` (true of every output size of
-    :func:`pooling_lib.pool2d_output_size`). Returns the dtype's type number."""
+    :func:`pooling_lib.pool2d_output_size`). Returns the dtype's type number. A backward kernel passes its
+    ``grad_x`` and ``grad_out`` as ``x`` and ``out``, with their names: then ``x`` is the one that must be
+    writeable."""
     cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef bint backward = x_name != "x"
     cdef cnp.npy_intp* xs
     cdef cnp.npy_intp* os
     if min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
         raise ValueError(f"kernel sizes, strides and dilations must be >= 1 and paddings >= 0, got kernel {kh} x {kw}, "
                          f"stride {sh} x {sw}, padding {ph} x {pw}, dilation {dh} x {dw}")
     if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
-        raise ValueError(f"x must be float32 or float64, got {x.dtype}")
-    _check_array(x, "x", typenum, 4, False)
-    _check_array(out, "out", typenum, 4, True)
+        raise ValueError(f"{x_name} must be float32 or float64, got {x.dtype}")
+    _check_array(x, x_name, typenum, 4, backward)
+    _check_array(out, out_name, typenum, 4, not backward)
     xs = cnp.PyArray_DIMS(x)
     os = cnp.PyArray_DIMS(out)
     if os[0] != xs[0] or os[1] != xs[1]:
-        raise ValueError(f"out must have the N and C of x, {xs[0]} and {xs[1]}, got {os[0]} and {os[1]}")
+        raise ValueError(f"{out_name} must have the N and C of {x_name}, {xs[0]} and {xs[1]}, got {os[0]} and "
+                         f"{os[1]}")
     if (os[2] - 1) * sh - ph >= xs[2] or (os[3] - 1) * sw - pw >= xs[3]:
-        raise ValueError(f"out's last window starts outside x: {os[2]} x {os[3]} windows at stride {sh} x {sw}, "
-                         f"padding {ph} x {pw}, on {xs[2]} x {xs[3]} cells")
+        raise ValueError(f"{out_name}'s last window starts outside {x_name}: {os[2]} x {os[3]} windows at stride "
+                         f"{sh} x {sw}, padding {ph} x {pw}, on {xs[2]} x {xs[3]} cells")
     return typenum
 
 
@@ -1744,16 +1749,48 @@ cdef void _plane_vals_index(const floating* xp, floating* op, int64_t* ip, float
             _index_row(xp, o, ix, tap, corner, sw, j0, out_w)
 
 
-def extremum_index_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
-                        floating[:, ::1] best_buf, floating[:, ::1] tap_buf, int kh, int kw, int sh, int sw, int ph,
-                        int pw, int dh, int dw, bint minimum, int num_threads):
-    """Max (min) pooling of a C-contiguous NCHW batch with the winners' indices, for geometries where every
-    window holds a real cell and a winner's offset in its window, ``(kh - 1) * dh * W + (kw - 1) * dw``, is exact
-    in the float type and below 2**31 (the tier checks both; :func:`max_pool2d_nchw` does the rest). The same
-    bits as that kernel; each plane is scanned for NaN first as in :func:`extremum_nchw`. ``best_buf`` and
-    ``tap_buf``: a scratch row of at least ``out_w`` values per thread."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3]
+cdef int _check_threads(int num_threads) except -1:
+    """OpenMP reads ``num_threads(0)`` as "the default number", which may exceed the per-thread rows a caller sized."""
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    return 0
+
+
+cdef int _check_rows(cnp.ndarray buf, str name, int typenum, int num_threads, Py_ssize_t width) except -1:
+    """A per-thread scratch array: 2-d, C-contiguous, of ``typenum``, writeable, with at least ``num_threads`` rows
+    of at least ``width`` values."""
+    _check_array(buf, name, typenum, 2, True)
+    if cnp.PyArray_DIMS(buf)[0] < num_threads or cnp.PyArray_DIMS(buf)[1] < width:
+        raise ValueError(f"{name} needs a row of at least {width} values for each of the {num_threads} threads, got "
+                         f"{(<object> buf).shape}")
+    return 0
+
+
+cdef int _check_real_windows(Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, int kh, int kw, int sh,
+                             int sw, int ph, int pw, int dh, int dw) except -1:
+    """Every window covers at least one cell of the ``H x W`` plane (the rule of
+    :func:`pooling_lib.params.pool_geometry`). Only a window that starts in the padding can miss: the ones before
+    the first that starts at a cell, a few at most."""
+    cdef Py_ssize_t i
+    for i in range(out_h):
+        if i * sh - ph >= 0:
+            break
+        if _tap_lo(i * sh - ph, dh) >= _tap_hi(i * sh - ph, kh, dh, H):
+            raise ValueError(f"every window must cover a cell of x: window {i} along H has every tap in the padding")
+    for i in range(out_w):
+        if i * sw - pw >= 0:
+            break
+        if _tap_lo(i * sw - pw, dw) >= _tap_hi(i * sw - pw, kw, dw, W):
+            raise ValueError(f"every window must cover a cell of x: window {i} along W has every tap in the padding")
+    return 0
+
+
+cdef void _extremum_index_nchw(const floating* x, floating* out, int64_t* indices, floating* best_buf,
+                               Py_ssize_t best_row, floating* tap_buf, Py_ssize_t tap_row, Py_ssize_t N, Py_ssize_t C,
+                               Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, int kh, int kw, int sh,
+                               int sw, int ph, int pw, int dh, int dw, bint minimum, int num_threads) noexcept nogil:
+    """The loop of :func:`extremum_index_nchw`, on the arrays' memory; thread ``tid``'s scratch rows start at
+    ``best_buf + tid * best_row`` and ``tap_buf + tid * tap_row``."""
     cdef Py_ssize_t plane, tid
     cdef const floating* xp
     cdef const floating* nxt
@@ -1764,19 +1801,14 @@ def extremum_index_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] o
     cdef bint k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw)
     if N * C == 0:
         return
-    if (min(best_buf.shape[0], tap_buf.shape[0]) < max(num_threads, 1)
-            or min(best_buf.shape[1], tap_buf.shape[1]) < out_w):
-        raise ValueError(f"best_buf and tap_buf need a row of at least out_w = {out_w} values for each of the "
-                         f"{num_threads} threads, got {best_buf.shape[0]} x {best_buf.shape[1]} and "
-                         f"{tap_buf.shape[0]} x {tap_buf.shape[1]}")
-    with nogil, parallel(num_threads=num_threads):
+    with parallel(num_threads=num_threads):
         tid = threadid()
-        best = &best_buf[tid, 0]
-        tap = &tap_buf[tid, 0]
+        best = best_buf + tid * best_row
+        tap = tap_buf + tid * tap_row
         for plane in prange(N * C, schedule="guided"):
-            xp = &x[0, 0, 0, 0] + plane * H * W
-            op = &out[0, 0, 0, 0] + plane * out_h * out_w
-            ip = &indices[0, 0, 0, 0] + plane * out_h * out_w
+            xp = x + plane * H * W
+            op = out + plane * out_h * out_w
+            ip = indices + plane * out_h * out_w
             nxt = (xp + H * W) if plane + 1 < N * C else NULL
             if k2s2 or _has_nan(xp, H * W):
                 if minimum:
@@ -1791,6 +1823,44 @@ def extremum_index_nchw(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] o
             else:
                 _plane_vals_index(xp, op, ip, best, tap, H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, nxt,
                                   <MaxRuleNoNaN*> NULL)
+
+
+def extremum_index_nchw(cnp.ndarray x, cnp.ndarray out, cnp.ndarray indices, cnp.ndarray best_buf,
+                        cnp.ndarray tap_buf, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                        bint minimum, int num_threads):
+    """Max (min) pooling of a C-contiguous NCHW batch with the winners' indices, for geometries where every
+    window holds a real cell and a winner's offset in its window, ``(kh - 1) * dh * W + (kw - 1) * dw``, is exact
+    in the float type and below 2**31 (the tier routes the others to :func:`max_pool2d_nchw`; this kernel refuses
+    them). The same bits as that kernel; each plane is scanned for NaN first as in :func:`extremum_nchw`.
+    ``best_buf`` and ``tap_buf``: a scratch row of at least ``out_w`` values per thread. The arrays come as
+    ndarrays, checked in C, as in :func:`extremum_nchw`."""
+    cdef int typenum = _check_pool_arrays(x, out, kh, kw, sh, sw, ph, pw, dh, dw)
+    cdef cnp.npy_intp* xs = cnp.PyArray_DIMS(x)
+    cdef cnp.npy_intp* os = cnp.PyArray_DIMS(out)
+    cdef double reach = (<double> kh - 1) * dh * xs[3] + (<double> kw - 1) * dw
+    _check_threads(num_threads)
+    _check_array(indices, "indices", cnp.NPY_INT64, 4, True)
+    if not cnp.PyArray_SAMESHAPE(indices, out):
+        raise ValueError(f"indices must have the shape of out, {(<object> out).shape}, got {(<object> indices).shape}")
+    _check_rows(best_buf, "best_buf", typenum, num_threads, os[3])
+    _check_rows(tap_buf, "tap_buf", typenum, num_threads, os[3])
+    if reach >= (2.0**24 if typenum == cnp.NPY_FLOAT else 2.0**31):
+        raise ValueError(f"a window's last tap is {reach:.0f} cells after its first: this kernel needs less than "
+                         f"{'2**24 in float32' if typenum == cnp.NPY_FLOAT else '2**31'}")
+    _check_real_windows(xs[2], xs[3], os[2], os[3], kh, kw, sh, sw, ph, pw, dh, dw)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT:
+            _extremum_index_nchw(<const float*> cnp.PyArray_DATA(x), <float*> cnp.PyArray_DATA(out),
+                                 <int64_t*> cnp.PyArray_DATA(indices), <float*> cnp.PyArray_DATA(best_buf),
+                                 cnp.PyArray_DIMS(best_buf)[1], <float*> cnp.PyArray_DATA(tap_buf),
+                                 cnp.PyArray_DIMS(tap_buf)[1], xs[0], xs[1], xs[2], xs[3], os[2], os[3], kh, kw, sh,
+                                 sw, ph, pw, dh, dw, minimum, num_threads)
+        else:
+            _extremum_index_nchw(<const double*> cnp.PyArray_DATA(x), <double*> cnp.PyArray_DATA(out),
+                                 <int64_t*> cnp.PyArray_DATA(indices), <double*> cnp.PyArray_DATA(best_buf),
+                                 cnp.PyArray_DIMS(best_buf)[1], <double*> cnp.PyArray_DATA(tap_buf),
+                                 cnp.PyArray_DIMS(tap_buf)[1], xs[0], xs[1], xs[2], xs[3], os[2], os[3], kh, kw, sh,
+                                 sw, ph, pw, dh, dw, minimum, num_threads)
 
 
 cdef extern from *:
@@ -2091,56 +2161,33 @@ cdef inline Py_ssize_t _scatter(const int64_t* ip, const floating* gp, floating*
     return bad
 
 
-def max_backward_indices(const floating[:, :, :, ::1] grad_out, const int64_t[:, :, :, ::1] indices,
-                         floating[:, :, :, ::1] grad_x, floating[:, ::1] stage, int64_t[::1] bad, bint nhwc,
-                         bint blocks_2x2, bint rows_3x3, int num_threads):
-    """Gradient of max (min) pooling from the forward's indices: ``grad_x`` (every cell written) gets, in each
-    plane, ``grad_out[o]`` added to cell ``indices[o]``, output after output in row-major order.
-
-    NCHW (``nhwc`` False): arrays ``(N, C, out_h, out_w)`` and ``(N, C, H, W)``, one plane at a time. NHWC: arrays
-    ``(N, out_h, out_w, C)`` and ``(N, H, W, C)``, one image at a time. ``stage``: when it has rows (one per
-    thread, of a plane or an image), each plane (image) is built there, in the cache, and then streamed to
-    ``grad_x`` (:func:`pl_stream_copy`); without rows, it is built in place. An index outside ``[0, H * W)`` is
-    skipped: ``bad[tid]`` counts them for thread ``tid`` (the caller raises when any is counted), so no write ever
-    leaves ``grad_x``. ``blocks_2x2`` (NCHW, 2x2 windows at stride 2) and ``rows_3x3`` (NCHW, 3x3 windows at stride 2,
-    padding 1): each plane is first built row by row (:func:`_stream_2x2`, :func:`_stream_3x3`, or for 2x2 windows
-    on the other paths :func:`_unscatter_2x2`), and scattered only when an index is not a cell of its own window.
-    """
-    cdef Py_ssize_t N = grad_x.shape[0], C, H, W, out_h, out_w, unit, units, tid, cells, n, size
-    cdef bint stream = stage.shape[0] > 0, tiled, direct
+cdef void _max_backward_indices(const floating* grad_out, const int64_t* indices, floating* grad_x, floating* stage,
+                                Py_ssize_t stage_row, bint stream, int64_t* bad, Py_ssize_t units, Py_ssize_t size,
+                                Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h, Py_ssize_t out_w, bint nhwc,
+                                bint blocks_2x2, bint rows_3x3, int num_threads) noexcept nogil:
+    """The loop of :func:`max_backward_indices`, on the arrays' memory: ``units`` planes (images) of ``size``
+    channels per cell; thread ``tid``'s row of ``stage`` starts at ``stage + tid * stage_row``."""
+    cdef Py_ssize_t unit, tid, cells = H * W, n = out_h * out_w
+    cdef bint tiled, direct
     cdef const int64_t* ip
     cdef const floating* gp
     cdef floating* gx
     cdef floating* dst
     cdef floating* buf = NULL
-    if nhwc:
-        H, W, C = grad_x.shape[1], grad_x.shape[2], grad_x.shape[3]
-        out_h, out_w = grad_out.shape[1], grad_out.shape[2]
-        units, size = N, C                          # one image, C channels per cell
-    else:
-        C, H, W = grad_x.shape[1], grad_x.shape[2], grad_x.shape[3]
-        out_h, out_w = grad_out.shape[2], grad_out.shape[3]
-        units, size = N * C, 1                      # one plane
-    cells = H * W
-    n = out_h * out_w
     blocks_2x2 = blocks_2x2 and not nhwc and 2 * out_h <= H and 2 * out_w <= W
     # NCHW planes that _whole_rows accepts are streamed from the registers (2x2 stride 2, or 3x3 stride 2 padding 1)
-    tiled = stream and not nhwc and _whole_rows(H, W, out_h, out_w, sizeof(floating), &grad_x[0, 0, 0, 0])
+    tiled = stream and not nhwc and _whole_rows(H, W, out_h, out_w, sizeof(floating), grad_x)
     direct = tiled and (blocks_2x2 or rows_3x3)
     if units == 0 or cells * size == 0:
         return
-    if bad.shape[0] < max(num_threads, 1) or (stream and (stage.shape[0] < max(num_threads, 1)
-                                                          or stage.shape[1] < cells * size)):
-        raise ValueError(f"bad needs a count and stage (when it has rows) a row of {cells * size} values for each of "
-                         f"the {num_threads} threads, got {bad.shape[0]} and {stage.shape[0]} x {stage.shape[1]}")
-    with nogil, parallel(num_threads=num_threads):
+    with parallel(num_threads=num_threads):
         tid = threadid()
         if stream:
-            buf = &stage[tid, 0]
+            buf = stage + tid * stage_row
         for unit in prange(units, schedule="static"):
-            ip = &indices[0, 0, 0, 0] + unit * n * size
-            gp = &grad_out[0, 0, 0, 0] + unit * n * size
-            gx = &grad_x[0, 0, 0, 0] + unit * cells * size
+            ip = indices + unit * n * size
+            gp = grad_out + unit * n * size
+            gx = grad_x + unit * cells * size
             if direct:
                 if not (_stream_2x2(ip, gp, gx, H, W, out_h, out_w) if blocks_2x2 else _stream_3x3(ip, gp, gx, H, W)):
                     pl_sfence()                                   # the streamed rows land before the scatter
@@ -2153,6 +2200,71 @@ def max_backward_indices(const floating[:, :, :, ::1] grad_out, const int64_t[:,
                     pl_stream_copy(gx, buf, cells * size * sizeof(floating))
         if stream:
             pl_sfence()
+
+
+def max_backward_indices(cnp.ndarray grad_out, cnp.ndarray indices, cnp.ndarray grad_x, cnp.ndarray stage,
+                         cnp.ndarray bad, bint nhwc, bint blocks_2x2, bint rows_3x3, int num_threads):
+    """Gradient of max (min) pooling from the forward's indices: ``grad_x`` (every cell written) gets, in each
+    plane, ``grad_out[o]`` added to cell ``indices[o]``, output after output in row-major order.
+
+    NCHW (``nhwc`` False): arrays ``(N, C, out_h, out_w)`` and ``(N, C, H, W)``, one plane at a time. NHWC: arrays
+    ``(N, out_h, out_w, C)`` and ``(N, H, W, C)``, one image at a time. ``stage``: when it has rows (one per
+    thread, of a plane or an image), each plane (image) is built there, in the cache, and then streamed to
+    ``grad_x`` (:func:`pl_stream_copy`); without rows, it is built in place. An index outside ``[0, H * W)`` is
+    skipped: ``bad[tid]`` counts them for thread ``tid`` (the caller raises when any is counted), so no write ever
+    leaves ``grad_x``. ``blocks_2x2`` (NCHW, 2x2 windows at stride 2) and ``rows_3x3`` (NCHW, 3x3 windows at stride 2,
+    padding 1): each plane is first built row by row (:func:`_stream_2x2`, :func:`_stream_3x3`, or for 2x2 windows
+    on the other paths :func:`_unscatter_2x2`), and scattered only when an index is not a cell of its own window;
+    so these two flags choose a path, never a result.
+
+    The arrays come as ndarrays, checked in C, as in :func:`extremum_nchw`: ``grad_out`` and ``grad_x`` 4-d, of one
+    float dtype, with the same ``N`` and channels; ``indices`` int64 of ``grad_out``'s shape; ``bad`` int64, a
+    count per thread; ``stage`` 2-d, of the dtype, with no rows or a row of a plane (an image) per thread.
+    """
+    cdef int typenum = cnp.PyArray_TYPE(grad_x)
+    cdef cnp.npy_intp* gs
+    cdef cnp.npy_intp* xs
+    cdef Py_ssize_t H, W, out_h, out_w, units, size
+    cdef bint stream
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        raise ValueError(f"grad_x must be float32 or float64, got {grad_x.dtype}")
+    _check_array(grad_x, "grad_x", typenum, 4, True)
+    _check_array(grad_out, "grad_out", typenum, 4, False)
+    _check_array(indices, "indices", cnp.NPY_INT64, 4, False)
+    if not cnp.PyArray_SAMESHAPE(indices, grad_out):
+        raise ValueError(f"indices must have the shape of grad_out, {(<object> grad_out).shape}, got "
+                         f"{(<object> indices).shape}")
+    gs = cnp.PyArray_DIMS(grad_out)
+    xs = cnp.PyArray_DIMS(grad_x)
+    if nhwc:
+        H, W, out_h, out_w, units, size = xs[1], xs[2], gs[1], gs[2], xs[0], xs[3]
+        if gs[0] != xs[0] or gs[3] != xs[3]:
+            raise ValueError(f"grad_out must have the N and C of grad_x (NHWC), {xs[0]} and {xs[3]}, got {gs[0]} and "
+                             f"{gs[3]}")
+    else:
+        H, W, out_h, out_w, units, size = xs[2], xs[3], gs[2], gs[3], xs[0] * xs[1], 1
+        if gs[0] != xs[0] or gs[1] != xs[1]:
+            raise ValueError(f"grad_out must have the N and C of grad_x, {xs[0]} and {xs[1]}, got {gs[0]} and {gs[1]}")
+    _check_threads(num_threads)
+    _check_array(bad, "bad", cnp.NPY_INT64, 1, True)
+    if cnp.PyArray_DIMS(bad)[0] < num_threads:
+        raise ValueError(f"bad needs a count for each of the {num_threads} threads, got {cnp.PyArray_DIMS(bad)[0]}")
+    _check_array(stage, "stage", typenum, 2, True)
+    stream = cnp.PyArray_DIMS(stage)[0] > 0
+    if stream:
+        _check_rows(stage, "stage (when it has rows)", typenum, num_threads, H * W * size)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT:
+            _max_backward_indices(<const float*> cnp.PyArray_DATA(grad_out), <const int64_t*> cnp.PyArray_DATA(indices),
+                                  <float*> cnp.PyArray_DATA(grad_x), <float*> cnp.PyArray_DATA(stage),
+                                  cnp.PyArray_DIMS(stage)[1], stream, <int64_t*> cnp.PyArray_DATA(bad), units, size,
+                                  H, W, out_h, out_w, nhwc, blocks_2x2, rows_3x3, num_threads)
+        else:
+            _max_backward_indices(<const double*> cnp.PyArray_DATA(grad_out),
+                                  <const int64_t*> cnp.PyArray_DATA(indices), <double*> cnp.PyArray_DATA(grad_x),
+                                  <double*> cnp.PyArray_DATA(stage), cnp.PyArray_DIMS(stage)[1], stream,
+                                  <int64_t*> cnp.PyArray_DATA(bad), units, size, H, W, out_h, out_w, nhwc, blocks_2x2,
+                                  rows_3x3, num_threads)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -2892,25 +3004,13 @@ cdef void _avg_plane_2x2(const floating* gp, floating* gx, const floating* divis
             g1[2 * j + 1] = s
 
 
-def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_x,
-                      const floating[:, ::1] divisors, floating[:, ::1] share_buf, floating[:, ::1] stage,
-                      int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
-    """Gradient of average pooling, NCHW: ``grad_out / divisor`` added to every real cell of each window.
-
-    ``grad_x`` may be uninitialised; ``share_buf`` holds a scratch row of at least ``out_w + W`` values per
-    thread: a row's shares, then their spread over the ``W`` columns. With more than ``kh + kw + 1`` taps (3x3
-    windows and up) each output row's spread is built once and added to each of its window rows: ``kw`` strided
-    passes and ``kh`` contiguous ones instead of ``kh * kw`` strided ones. A cell's gradients then add up row by
-    row, each row's as one sum (the naive tier adds window by window, so overlapping windows may differ in the last
-    bits).
-
-    ``stage``: when it has rows (one per thread, of at least ``H * W`` values), the gradient is written with streaming
-    stores, which skip the read that an ordinary store makes of each line (see ``STREAM_MIN_BYTES`` in
-    :mod:`pooling_lib.cython_tier`): 2x2 stride-2 planes that the windows tile, row by row from the registers; any
-    other plane is built in the thread's row of ``stage`` and then copied out (:func:`pl_stream_copy`).
-    """
-    cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1], H = grad_x.shape[2], W = grad_x.shape[3]
-    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3]
+cdef void _avg_backward_nchw(const floating* grad_out, floating* grad_x, const floating* divisors,
+                             floating* share_buf, Py_ssize_t share_row, floating* stage, Py_ssize_t stage_row,
+                             bint stream, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h,
+                             Py_ssize_t out_w, int kh, int kw, int sh, int sw, int ph, int pw,
+                             int num_threads) noexcept nogil:
+    """The loop of :func:`avg_backward_nchw`, on the arrays' memory; thread ``tid``'s rows of ``share_buf`` and
+    ``stage`` start at ``share_buf + tid * share_row`` and ``stage + tid * stage_row``."""
     cdef Py_ssize_t plane, i, j, a, h0, b, a_lo, a_hi, tid
     cdef const floating* gp
     cdef const floating* dv
@@ -2921,26 +3021,22 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
     cdef floating* spread
     cdef floating* buf = NULL
     cdef bint by_rows = kh * kw > kh + kw + 1
-    cdef bint stream = stage.shape[0] > 0
     cdef bint k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1)
-    cdef bint tiled = stream and k2s2 and _whole_rows(H, W, out_h, out_w, sizeof(floating), &grad_x[0, 0, 0, 0])
+    cdef bint tiled = stream and k2s2 and _whole_rows(H, W, out_h, out_w, sizeof(floating), grad_x)
     if N * C == 0:
         return
-    if stream and (stage.shape[0] < max(num_threads, 1) or stage.shape[1] < H * W):
-        raise ValueError(f"stage (when it has rows) needs a row of {H * W} values for each of the {num_threads} "
-                         f"threads, got {stage.shape[0]} x {stage.shape[1]}")
-    with nogil, parallel(num_threads=num_threads):
+    with parallel(num_threads=num_threads):
         tid = threadid()
-        share = &share_buf[tid, 0]
+        share = share_buf + tid * share_row
         spread = share + out_w
         if stream:
-            buf = &stage[tid, 0]
+            buf = stage + tid * stage_row
         for plane in prange(N * C, schedule="guided"):
-            gp = &grad_out[0, 0, 0, 0] + plane * out_h * out_w
-            gx = &grad_x[0, 0, 0, 0] + plane * H * W
+            gp = grad_out + plane * out_h * out_w
+            gx = grad_x + plane * H * W
             out = buf if (stream and not tiled) else gx
             if k2s2:
-                _avg_plane_2x2(gp, out, &divisors[0, 0], H, W, out_h, out_w, tiled)
+                _avg_plane_2x2(gp, out, divisors, H, W, out_h, out_w, tiled)
                 if out != gx:
                     pl_stream_copy(gx, out, H * W * sizeof(floating))
                 continue
@@ -2951,7 +3047,7 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
                 a_hi = _tap_hi(h0, kh, 1, H)
                 if a_lo >= a_hi:
                     continue
-                dv = &divisors[i, 0]
+                dv = divisors + i * out_w
                 for j in range(out_w):
                     share[j] = gp[i * out_w + j] / dv[j]
                 if not by_rows:
@@ -2969,6 +3065,54 @@ def avg_backward_nchw(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
                 pl_stream_copy(gx, out, H * W * sizeof(floating))
         if stream:
             pl_sfence()
+
+
+def avg_backward_nchw(cnp.ndarray grad_out, cnp.ndarray grad_x, cnp.ndarray divisors, cnp.ndarray share_buf,
+                      cnp.ndarray stage, int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
+    """Gradient of average pooling, NCHW: ``grad_out / divisor`` added to every real cell of each window.
+
+    ``grad_x`` may be uninitialised; ``share_buf`` holds a scratch row of at least ``out_w + W`` values per
+    thread: a row's shares, then their spread over the ``W`` columns. With more than ``kh + kw + 1`` taps (3x3
+    windows and up) each output row's spread is built once and added to each of its window rows: ``kw`` strided
+    passes and ``kh`` contiguous ones instead of ``kh * kw`` strided ones. A cell's gradients then add up row by
+    row, each row's as one sum (the naive tier adds window by window, so overlapping windows may differ in the last
+    bits).
+
+    ``stage``: when it has rows (one per thread, of at least ``H * W`` values), the gradient is written with streaming
+    stores, which skip the read that an ordinary store makes of each line (see ``STREAM_MIN_BYTES`` in
+    :mod:`pooling_lib.cython_tier`): 2x2 stride-2 planes that the windows tile, row by row from the registers; any
+    other plane is built in the thread's row of ``stage`` and then copied out (:func:`pl_stream_copy`).
+
+    The arrays come as ndarrays, checked in C, as in :func:`extremum_nchw`: ``grad_x`` and ``grad_out`` as a
+    forward's ``x`` and ``out`` (:func:`_check_pool_arrays`, with ``grad_x`` the one written), ``divisors`` as in
+    :func:`avg_nchw`, and the scratch rows as described above.
+    """
+    cdef int typenum = _check_pool_arrays(grad_x, grad_out, kh, kw, sh, sw, ph, pw, 1, 1, "grad_x", "grad_out")
+    cdef cnp.npy_intp* xs = cnp.PyArray_DIMS(grad_x)
+    cdef cnp.npy_intp* os = cnp.PyArray_DIMS(grad_out)
+    cdef bint stream
+    _check_threads(num_threads)
+    _check_array(divisors, "divisors", typenum, 2, False)
+    if cnp.PyArray_DIMS(divisors)[0] != os[2] or cnp.PyArray_DIMS(divisors)[1] != os[3]:
+        raise ValueError(f"divisors must have grad_out's {os[2]} x {os[3]} windows, got {(<object> divisors).shape}")
+    _check_rows(share_buf, "share_buf", typenum, num_threads, os[3] + xs[3])
+    _check_array(stage, "stage", typenum, 2, True)
+    stream = cnp.PyArray_DIMS(stage)[0] > 0
+    if stream:
+        _check_rows(stage, "stage (when it has rows)", typenum, num_threads, xs[2] * xs[3])
+    with nogil:
+        if typenum == cnp.NPY_FLOAT:
+            _avg_backward_nchw(<const float*> cnp.PyArray_DATA(grad_out), <float*> cnp.PyArray_DATA(grad_x),
+                               <const float*> cnp.PyArray_DATA(divisors), <float*> cnp.PyArray_DATA(share_buf),
+                               cnp.PyArray_DIMS(share_buf)[1], <float*> cnp.PyArray_DATA(stage),
+                               cnp.PyArray_DIMS(stage)[1], stream, xs[0], xs[1], xs[2], xs[3], os[2], os[3], kh, kw,
+                               sh, sw, ph, pw, num_threads)
+        else:
+            _avg_backward_nchw(<const double*> cnp.PyArray_DATA(grad_out), <double*> cnp.PyArray_DATA(grad_x),
+                               <const double*> cnp.PyArray_DATA(divisors), <double*> cnp.PyArray_DATA(share_buf),
+                               cnp.PyArray_DIMS(share_buf)[1], <double*> cnp.PyArray_DATA(stage),
+                               cnp.PyArray_DIMS(stage)[1], stream, xs[0], xs[1], xs[2], xs[3], os[2], os[3], kh, kw,
+                               sh, sw, ph, pw, num_threads)
 
 
 cdef inline void _mean_cells(floating* op, const floating* xn, Py_ssize_t h0, Py_ssize_t w0, Py_ssize_t a_lo,

@@ -531,6 +531,137 @@ def test_forward_kernels_check_indices_and_divisors():
             kernels.extremum_nchw(x, out, indices, 2, 2, 2, 2, 0, 0, 1, 0, False, True, 1)
 
 
+# The NCHW kernels of max pooling with indices, of the backward from indices and of the average backward take
+# ndarrays too; each gets its arguments by name from these good ones (x: 1 x 2 x 6 x 6, 2x2 windows at stride 2).
+def _good_kernel_args():
+    x = np.arange(72.0).reshape(1, 2, 6, 6)
+    indices = np.ascontiguousarray(pl.max_pool2d(x, 2, return_indices=True, backend="numpy")[1])
+    return {
+        "extremum_index_nchw": dict(x=x, out=np.full((1, 2, 3, 3), 7.0), indices=np.full((1, 2, 3, 3), 7),
+                                    best_buf=np.empty((1, 3)), tap_buf=np.empty((1, 3)), geometry=(2, 2, 2, 2, 0, 0,
+                                    1, 1), minimum=False, num_threads=1),
+        "max_backward_indices": dict(grad_out=np.ones((1, 2, 3, 3)), indices=indices, grad_x=np.full_like(x, 7.0),
+                                     stage=np.empty((0, 0)), bad=np.zeros(1, dtype=np.int64), nhwc=False,
+                                     blocks_2x2=True, rows_3x3=False, num_threads=1),
+        "avg_backward_nchw": dict(grad_out=np.ones((1, 2, 3, 3)), grad_x=np.full_like(x, 7.0),
+                                  divisors=np.full((3, 3), 4.0), share_buf=np.empty((1, 9)), stage=np.empty((0, 0)),
+                                  geometry=(2, 2, 2, 2, 0, 0), num_threads=1),
+    }
+
+
+def _call_kernel(kernels, name, args):
+    values = []
+    for value in args.values():
+        values.extend(value if isinstance(value, tuple) else [value])
+    return getattr(kernels, name)(*values)
+
+
+def _read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+# (kernel, argument, bad value, message): each breaks one rule of the kernel's C checks
+F64 = np.float64
+BAD_KERNEL_ARGS = [
+    ("extremum_index_nchw", "x", np.zeros((1, 2, 6, 6), dtype=np.float32), r"out has dtype float64, expected float32"),
+    ("extremum_index_nchw", "out", np.full((1, 2, 3, 4), 7.0), r"out's last window starts outside x: 3 x 4 "),
+    ("extremum_index_nchw", "indices", np.full((1, 2, 3, 3), 7, dtype=np.int32), r"indices has dtype int32"),
+    ("extremum_index_nchw", "indices", np.full((1, 2, 3, 2), 7), r"indices must have the shape of out"),
+    ("extremum_index_nchw", "indices", _read_only(np.full((1, 2, 3, 3), 7)), r"indices must be writeable"),
+    ("extremum_index_nchw", "best_buf", np.empty((1, 2)), r"best_buf needs a row of at least 3 values for each of "
+                                                          r"the 1 threads, got \(1, 2\)"),
+    ("extremum_index_nchw", "best_buf", np.empty((1, 3), dtype=np.float32), r"best_buf has dtype float32"),
+    ("extremum_index_nchw", "tap_buf", np.empty((0, 3)), r"tap_buf needs a row of at least 3 values"),
+    ("extremum_index_nchw", "tap_buf", _read_only(np.empty((1, 3))), r"tap_buf must be writeable"),
+    ("extremum_index_nchw", "num_threads", 0, r"num_threads must be >= 1, got 0"),
+    ("extremum_index_nchw", "num_threads", 2, r"best_buf needs a row of at least 3 values for each of the 2 threads"),
+    ("extremum_index_nchw", "geometry", (2, 2, 0, 2, 0, 0, 1, 1), r"strides and dilations must be >= 1"),
+    ("extremum_index_nchw", "geometry", (2, 2, 2, 2, 0, 0, 2**29, 1), r"a window's last tap is 3221225473 cells "
+                                                                       r"after its first: this kernel needs less "
+                                                                       r"than 2\*\*31"),
+    ("extremum_index_nchw", "geometry", (2, 2, 2, 2, 1, 0, 7, 1), r"every window must cover a cell of x: window 0 "
+                                                                   r"along H has every tap in the padding"),
+    ("extremum_index_nchw", "geometry", (2, 2, 2, 2, 0, 1, 1, 7), r"window 0 along W has every tap in the padding"),
+    ("max_backward_indices", "grad_x", np.full((1, 2, 6, 6), 7, dtype=np.int32), r"grad_x must be float32 or "
+                                                                                  r"float64, got int32"),
+    ("max_backward_indices", "grad_x", _read_only(np.full((1, 2, 6, 6), 7.0)), r"grad_x must be writeable"),
+    ("max_backward_indices", "grad_x", np.full((2, 6, 6), 7.0), r"grad_x must have 4 dimensions, got 3"),
+    ("max_backward_indices", "grad_x", np.full((1, 3, 6, 6), 7.0), r"grad_out must have the N and C of grad_x, 1 "
+                                                                    r"and 3, got 1 and 2"),
+    ("max_backward_indices", "nhwc", True, r"grad_out must have the N and C of grad_x \(NHWC\), 1 and 6, got 1 and 3"),
+    ("max_backward_indices", "grad_out", np.ones((1, 2, 3, 3), dtype=np.float32), r"grad_out has dtype float32, "
+                                                                                   r"expected float64"),
+    ("max_backward_indices", "grad_out", np.ones((1, 2, 3, 6))[..., ::2], r"grad_out must be C-contiguous"),
+    ("max_backward_indices", "indices", np.zeros((1, 2, 3, 3), dtype=np.int32), r"indices has dtype int32"),
+    ("max_backward_indices", "indices", np.zeros((1, 2, 3, 2), dtype=np.int64), r"indices must have the shape of "
+                                                                                 r"grad_out, \(1, 2, 3, 3\)"),
+    ("max_backward_indices", "bad", np.zeros(0, dtype=np.int64), r"bad needs a count for each of the 1 threads"),
+    ("max_backward_indices", "bad", np.zeros(1, dtype=np.int32), r"bad has dtype int32"),
+    ("max_backward_indices", "stage", np.empty((1, 35)), r"stage \(when it has rows\) needs a row of at least 36 "),
+    ("max_backward_indices", "stage", np.empty((0, 0), dtype=np.float32), r"stage has dtype float32"),
+    ("max_backward_indices", "num_threads", 0, r"num_threads must be >= 1, got 0"),
+    ("avg_backward_nchw", "grad_x", _read_only(np.full((1, 2, 6, 6), 7.0)), r"grad_x must be writeable"),
+    ("avg_backward_nchw", "grad_x", np.full((1, 2, 6, 6), 7.0, dtype=np.float32), r"grad_out has dtype float64, "
+                                                                                   r"expected float32"),
+    ("avg_backward_nchw", "grad_out", np.ones((1, 2, 4, 3)), r"grad_out's last window starts outside grad_x: 4 x 3 "),
+    ("avg_backward_nchw", "divisors", np.full((3, 2), 4.0), r"divisors must have grad_out's 3 x 3 windows, got "
+                                                            r"\(3, 2\)"),
+    ("avg_backward_nchw", "share_buf", np.empty((1, 8)), r"share_buf needs a row of at least 9 values"),
+    ("avg_backward_nchw", "share_buf", np.empty((1, 9), dtype=np.float32), r"share_buf has dtype float32"),
+    ("avg_backward_nchw", "stage", np.empty((1, 35)), r"stage \(when it has rows\) needs a row of at least 36 "),
+    ("avg_backward_nchw", "geometry", (2, 2, 2, 2, -1, 0), r"strides and dilations must be >= 1 and paddings >= 0"),
+    ("avg_backward_nchw", "num_threads", 0, r"num_threads must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("kernel, argument, bad, message", BAD_KERNEL_ARGS,
+                         ids=[f"{k}-{a}-{i}" for i, (k, a, _, _) in enumerate(BAD_KERNEL_ARGS)])
+def test_index_and_backward_kernels_check_their_arrays(kernel, argument, bad, message):
+    """Each bad argument gets a ValueError that names it, in both builds, and the array the kernel writes is left as
+    it was: refused before any thread ran."""
+    if "cython" not in pl.available_backends():
+        pytest.skip("the compiled tier is not built on this machine")
+    for kernels in compiled_builds().values():
+        args = _good_kernel_args()[kernel]
+        args[argument] = bad
+        written = args["out" if kernel == "extremum_index_nchw" else "grad_x"]
+        before = written.copy()
+        with pytest.raises(ValueError, match=message):
+            _call_kernel(kernels, kernel, args)
+        assert np.array_equal(written, before), "the kernel wrote before it refused"
+
+
+def test_index_and_backward_kernels_run_on_the_good_arguments():
+    """The good arguments of the table above give the NumPy tier's results in both builds (so each refusal comes
+    from its one bad argument), also with a streamed gradient (``stage`` with a row per thread) and two threads."""
+    if "cython" not in pl.available_backends():
+        pytest.skip("the compiled tier is not built on this machine")
+    x = np.arange(72.0).reshape(1, 2, 6, 6)
+    expected_out, expected_indices = pl.max_pool2d(x, 2, return_indices=True, backend="numpy")
+    max_grad = pl.max_pool2d_backward(np.ones((1, 2, 3, 3)), x, 2, indices=expected_indices, backend="numpy")
+    avg_grad = pl.avg_pool2d_backward(np.ones((1, 2, 3, 3)), x, 2, backend="numpy")
+    for kernels in compiled_builds().values():
+        for threads in (1, 2):
+            for stage in (np.empty((0, 0)), np.empty((threads, 36))):
+                args = _good_kernel_args()
+                for name in args:
+                    args[name]["num_threads"] = threads
+                for buf in ("best_buf", "tap_buf"):
+                    args["extremum_index_nchw"][buf] = np.empty((threads, 3))
+                args["max_backward_indices"].update(stage=stage, bad=np.zeros(threads, dtype=np.int64))
+                args["avg_backward_nchw"].update(stage=stage, share_buf=np.empty((threads, 9)))
+                for name, a in args.items():
+                    _call_kernel(kernels, name, a)
+                found = args["extremum_index_nchw"]
+                assert np.array_equal(found["out"], expected_out)
+                assert np.array_equal(found["indices"], expected_indices)
+                assert np.array_equal(args["max_backward_indices"]["grad_x"], max_grad)
+                assert not args["max_backward_indices"]["bad"].any()
+                assert np.array_equal(args["avg_backward_nchw"]["grad_x"], avg_grad)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The backward from indices
 # --------------------------------------------------------------------------------------------------------------
