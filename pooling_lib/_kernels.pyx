@@ -2,12 +2,13 @@
 # cython: language_level=3
 """Compiled pooling kernels, called by :mod:`pooling_lib.cython_tier` (never by users directly).
 
-Every kernel takes C-contiguous arrays that the tier has allocated and checked, releases the GIL and shares
-its outer loop among ``num_threads`` OpenMP threads (``prange``). The NCHW kernels of the calls the benchmark times
+Every kernel takes C-contiguous arrays that the tier has allocated and checked, releases the GIL and shares its
+outer loop among ``num_threads`` OpenMP threads (``prange``). The NCHW kernels of the calls the benchmark times
 (:func:`extremum_nchw`, :func:`extremum_index_nchw`, :func:`max_backward_indices`, :func:`avg_nchw`,
 :func:`avg_backward_nchw`) take ndarrays and check them in C, which is quicker to enter (the fixed cost of every
-call, see :func:`extremum_nchw`); the others take typed memoryviews. Inputs are ``float`` or ``double`` (the fused
-type ``floating``); indices are ``int64``. The kernels follow the naive tier's rules to the bit:
+call, see :func:`extremum_nchw`); the others take typed memoryviews and check how the arrays' shapes fit together
+(:func:`_check_dims`). Inputs are ``float`` or ``double`` (the fused type ``floating``); indices are ``int64``.
+The kernels follow the naive tier's rules to the bit:
 
 * max (min) pooling: a running best that starts at -inf (+inf) with the index of the window's first real cell and
   is replaced by a tap ``v`` when ``v > best`` (``v < best``) or ``v != v`` (NaN); padding is never read;
@@ -1177,33 +1178,46 @@ cdef int _check_array(cnp.ndarray a, str name, int typenum, int ndim, bint write
     return 0
 
 
+cdef tuple _shape4(const Py_ssize_t* shape):
+    """The shape of a 4-d typed memoryview, as a tuple."""
+    return (shape[0], shape[1], shape[2], shape[3])
+
+
+cdef int _check_dims(Py_ssize_t xn, Py_ssize_t xc, Py_ssize_t xh, Py_ssize_t xw, Py_ssize_t on, Py_ssize_t oc,
+                     Py_ssize_t oh, Py_ssize_t ow, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                     str x_name, str out_name) except -1:
+    """Checks of a kernel's geometry against its input's ``N, C, H, W`` (``xn``, ...) and its output's (``on``, ...,
+    whatever the layout): sizes, strides and dilations of at least 1, paddings of at least 0, the same ``N`` and
+    ``C``, and no window that starts outside the input (true of every output size of
+    :func:`pooling_lib.pool2d_output_size`)."""
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"kernel sizes, strides and dilations must be >= 1 and paddings >= 0, got kernel {kh} x {kw}, "
+                         f"stride {sh} x {sw}, padding {ph} x {pw}, dilation {dh} x {dw}")
+    if on != xn or oc != xc:
+        raise ValueError(f"{out_name} must have the N and C of {x_name}, {xn} and {xc}, got {on} and {oc}")
+    if (oh - 1) * sh - ph >= xh or (ow - 1) * sw - pw >= xw:
+        raise ValueError(f"{out_name}'s last window starts outside {x_name}: {oh} x {ow} windows at stride "
+                         f"{sh} x {sw}, padding {ph} x {pw}, on {xh} x {xw} cells")
+    return 0
+
+
 cdef int _check_pool_arrays(cnp.ndarray x, cnp.ndarray out, int kh, int kw, int sh, int sw, int ph, int pw, int dh,
                             int dw, str x_name="x", str out_name="out") except -1:
     """Checks of a forward kernel's input and output (4-d NCHW, C-contiguous, one float dtype, out writeable) and
-    geometry: sizes, strides and dilations of at least 1, paddings of at least 0, and an ``out`` with the ``N`` and
-    ``C`` of ``x`` and no window that starts outside ``x`` (true of every output size of
-    :func:`pooling_lib.pool2d_output_size`). Returns the dtype's type number. A backward kernel passes its
-    ``grad_x`` and ``grad_out`` as ``x`` and ``out``, with their names: then ``x`` is the one that must be
-    writeable."""
+    geometry (:func:`_check_dims`). Returns the dtype's type number. A backward kernel passes its ``grad_x`` and
+    ``grad_out`` as ``x`` and ``out``, with their names: then ``x`` is the one that must be writeable."""
     cdef int typenum = cnp.PyArray_TYPE(x)
     cdef bint backward = x_name != "x"
     cdef cnp.npy_intp* xs
     cdef cnp.npy_intp* os
-    if min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
-        raise ValueError(f"kernel sizes, strides and dilations must be >= 1 and paddings >= 0, got kernel {kh} x {kw}, "
-                         f"stride {sh} x {sw}, padding {ph} x {pw}, dilation {dh} x {dw}")
     if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
         raise ValueError(f"{x_name} must be float32 or float64, got {x.dtype}")
     _check_array(x, x_name, typenum, 4, backward)
     _check_array(out, out_name, typenum, 4, not backward)
     xs = cnp.PyArray_DIMS(x)
     os = cnp.PyArray_DIMS(out)
-    if os[0] != xs[0] or os[1] != xs[1]:
-        raise ValueError(f"{out_name} must have the N and C of {x_name}, {xs[0]} and {xs[1]}, got {os[0]} and "
-                         f"{os[1]}")
-    if (os[2] - 1) * sh - ph >= xs[2] or (os[3] - 1) * sw - pw >= xs[3]:
-        raise ValueError(f"{out_name}'s last window starts outside {x_name}: {os[2]} x {os[3]} windows at stride "
-                         f"{sh} x {sw}, padding {ph} x {pw}, on {xs[2]} x {xs[3]} cells")
+    _check_dims(xs[0], xs[1], xs[2], xs[3], os[0], os[1], os[2], os[3], kh, kw, sh, sw, ph, pw, dh, dw, x_name,
+                out_name)
     return typenum
 
 
@@ -1523,6 +1537,11 @@ def extremum_backward_nchw(const floating[:, :, :, ::1] x, const floating[:, :, 
                             < (16777216.0 if sizeof(floating) == 4 else 9007199254740992.0))
     cdef bint cols_ok = True, k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw)
     cdef Py_ssize_t j, w0
+    _check_threads(num_threads)
+    _check_dims(N, C, H, W, grad_out.shape[0], grad_out.shape[1], out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, "x",
+                "grad_out")
+    if _shape4(x.shape) != _shape4(grad_x.shape):
+        raise ValueError(f"grad_x must have the shape of x, {_shape4(x.shape)}, got {_shape4(grad_x.shape)}")
     if N * C == 0:
         return
     if (min(best_buf.shape[0], tap_buf.shape[0], win_buf.shape[0]) < max(num_threads, 1)
@@ -2488,6 +2507,10 @@ def extremum_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, in
     cdef floating worst = INFINITY if minimum else -INFINITY
     cdef bint scan = _scan_pays(kh, kw, sh, sw)
     cdef bint full                                  # run the rule with the NaN test
+    _check_threads(num_threads)
+    _check_dims(N, C, H, W, out.shape[0], out.shape[3], out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, "x", "out")
+    if track and _shape4(indices.shape) != _shape4(out.shape):
+        raise ValueError(f"indices must have the shape of out, {_shape4(out.shape)}, got {_shape4(indices.shape)}")
     if N == 0:
         return
     if track:
@@ -2697,6 +2720,14 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
     cdef UnitRows u
     cdef bint scan = _scan_pays(kh, kw, sh, sw)
     cdef bint full                                  # run the rule with the NaN test
+    _check_threads(num_threads)
+    _check_dims(N, C, H, W, grad_out.shape[0], grad_out.shape[3], out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw, "x",
+                "grad_out")
+    if _shape4(x.shape) != _shape4(grad_x.shape):
+        raise ValueError(f"grad_x must have the shape of x, {_shape4(x.shape)}, got {_shape4(grad_x.shape)}")
+    if floating is float and <double> kh * kw >= 16777216.0:
+        raise ValueError(f"a float32 window must have fewer than 2**24 taps (their numbers are held as float32), got "
+                         f"{kh} x {kw}")
     if N == 0:
         return
     if min(best_buf.shape[0], tap_buf.shape[0]) < max(num_threads, 1) or min(best_buf.shape[1],
@@ -3177,6 +3208,11 @@ def avg_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
     # write of the output per tap. Windows side by side (stride >= size) read every cell once from memory, which
     # the plain loop's whole-pixel passes stream better (float64 4x4 stride-4 windows took 1.3-1.4x as long).
     cdef bint overlap = (sh < kh or sw < kw) and kh * kw <= _SCATTER_TAPS
+    _check_threads(num_threads)
+    _check_dims(N, C, H, W, out.shape[0], out.shape[3], out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1, "x", "out")
+    if divisors.shape[0] != out_h or divisors.shape[1] != out_w:
+        raise ValueError(f"divisors must have out's {out_h} x {out_w} windows, got ({divisors.shape[0]}, "
+                         f"{divisors.shape[1]})")
     if N == 0:
         return
     for row in prange(N * out_h, nogil=True, schedule="guided", num_threads=num_threads):
@@ -3203,6 +3239,15 @@ def avg_backward_nhwc(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
     cdef floating d
     cdef bint by_rows = sh >= kh
     cdef UnitRows u
+    _check_threads(num_threads)
+    _check_dims(N, C, H, W, grad_out.shape[0], grad_out.shape[3], out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1,
+                "grad_x", "grad_out")
+    if divisors.shape[0] != out_h or divisors.shape[1] != out_w:
+        raise ValueError(f"divisors must have grad_out's {out_h} x {out_w} windows, got ({divisors.shape[0]}, "
+                         f"{divisors.shape[1]})")
+    if share_buf.shape[0] < num_threads or share_buf.shape[1] < C:
+        raise ValueError(f"share_buf needs a row of at least {C} values for each of the {num_threads} threads, got "
+                         f"({share_buf.shape[0]}, {share_buf.shape[1]})")
     if N == 0:
         return
     units = N * out_h if by_rows else N

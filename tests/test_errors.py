@@ -532,10 +532,13 @@ def test_forward_kernels_check_indices_and_divisors():
 
 
 # The NCHW kernels of max pooling with indices, of the backward from indices and of the average backward take
-# ndarrays too; each gets its arguments by name from these good ones (x: 1 x 2 x 6 x 6, 2x2 windows at stride 2).
+# ndarrays too, checked in C; the kernels that still take typed memoryviews (which check each array's dtype,
+# dimensions and memory order) check how the arrays' shapes fit together. Each kernel gets its arguments by name from
+# these good ones (x: 1 x 2 x 6 x 6, 2x2 windows at stride 2).
 def _good_kernel_args():
     x = np.arange(72.0).reshape(1, 2, 6, 6)
     indices = np.ascontiguousarray(pl.max_pool2d(x, 2, return_indices=True, backend="numpy")[1])
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))      # the same input in NHWC memory: (N, H, W, C)
     return {
         "extremum_index_nchw": dict(x=x, out=np.full((1, 2, 3, 3), 7.0), indices=np.full((1, 2, 3, 3), 7),
                                     best_buf=np.empty((1, 3)), tap_buf=np.empty((1, 3)), geometry=(2, 2, 2, 2, 0, 0,
@@ -545,6 +548,21 @@ def _good_kernel_args():
                                      blocks_2x2=True, rows_3x3=False, num_threads=1),
         "avg_backward_nchw": dict(grad_out=np.ones((1, 2, 3, 3)), grad_x=np.full_like(x, 7.0),
                                   divisors=np.full((3, 3), 4.0), share_buf=np.empty((1, 9)), stage=np.empty((0, 0)),
+                                  geometry=(2, 2, 2, 2, 0, 0), num_threads=1),
+        # the kernels that still take typed memoryviews check how their arrays' shapes fit together
+        "extremum_backward_nchw": dict(x=x, grad_out=np.ones((1, 2, 3, 3)), grad_x=np.full_like(x, 7.0),
+                                       best_buf=np.empty((1, 3)), tap_buf=np.empty((1, 6)),
+                                       win_buf=np.empty((1, 3), dtype=np.int64), geometry=(2, 2, 2, 2, 0, 0, 1, 1),
+                                       minimum=False, num_threads=1),
+        "extremum_nhwc": dict(x=xh, out=np.full((1, 3, 3, 2), 7.0), indices=np.full((1, 3, 3, 2), 7),
+                              geometry=(2, 2, 2, 2, 0, 0, 1, 1), minimum=False, track=True, num_threads=1),
+        "extremum_backward_nhwc": dict(x=xh, grad_out=np.ones((1, 3, 3, 2)), grad_x=np.full_like(xh, 7.0),
+                                       best_buf=np.empty((1, 4)), tap_buf=np.empty((1, 4)),
+                                       geometry=(2, 2, 2, 2, 0, 0, 1, 1), minimum=False, num_threads=1),
+        "avg_nhwc": dict(x=xh, out=np.full((1, 3, 3, 2), 7.0), divisors=np.full((3, 3), 4.0),
+                         geometry=(2, 2, 2, 2, 0, 0), num_threads=1),
+        "avg_backward_nhwc": dict(grad_out=np.ones((1, 3, 3, 2)), grad_x=np.full_like(xh, 7.0),
+                                  divisors=np.full((3, 3), 4.0), share_buf=np.empty((1, 2)),
                                   geometry=(2, 2, 2, 2, 0, 0), num_threads=1),
     }
 
@@ -613,27 +631,61 @@ BAD_KERNEL_ARGS = [
     ("avg_backward_nchw", "stage", np.empty((1, 35)), r"stage \(when it has rows\) needs a row of at least 36 "),
     ("avg_backward_nchw", "geometry", (2, 2, 2, 2, -1, 0), r"strides and dilations must be >= 1 and paddings >= 0"),
     ("avg_backward_nchw", "num_threads", 0, r"num_threads must be >= 1, got 0"),
+    ("extremum_backward_nchw", "grad_x", np.full((1, 2, 6, 5), 7.0), r"grad_x must have the shape of x, "
+                                                                     r"\(1, 2, 6, 6\), got \(1, 2, 6, 5\)"),
+    ("extremum_backward_nchw", "grad_out", np.ones((1, 3, 3, 3)), r"grad_out must have the N and C of x, 1 and 2, "
+                                                                  r"got 1 and 3"),
+    ("extremum_backward_nchw", "grad_out", np.ones((1, 2, 4, 3)), r"grad_out's last window starts outside x: 4 x 3"),
+    ("extremum_backward_nchw", "num_threads", 0, r"num_threads must be >= 1, got 0"),
+    ("extremum_nhwc", "out", np.full((1, 3, 3, 3), 7.0), r"out must have the N and C of x, 1 and 2, got 1 and 3"),
+    ("extremum_nhwc", "out", np.full((1, 3, 4, 2), 7.0), r"out's last window starts outside x: 3 x 4"),
+    ("extremum_nhwc", "indices", np.full((1, 3, 2, 2), 7), r"indices must have the shape of out, \(1, 3, 3, 2\), got "
+                                                           r"\(1, 3, 2, 2\)"),
+    ("extremum_nhwc", "geometry", (2, 2, 2, 0, 0, 0, 1, 1), r"strides and dilations must be >= 1"),
+    ("extremum_nhwc", "num_threads", 0, r"num_threads must be >= 1, got 0"),
+    ("extremum_backward_nhwc", "grad_x", np.full((1, 6, 4, 2), 7.0), r"grad_x must have the shape of x, "
+                                                                     r"\(1, 6, 6, 2\), got \(1, 6, 4, 2\)"),
+    ("extremum_backward_nhwc", "grad_out", np.ones((2, 3, 3, 2)), r"grad_out must have the N and C of x, 1 and 2, "
+                                                                  r"got 2 and 2"),
+    ("extremum_backward_nhwc", "*", dict(x=np.zeros((1, 6, 6, 2), dtype=np.float32),
+                                         grad_out=np.ones((1, 3, 3, 2), dtype=np.float32),
+                                         grad_x=np.full((1, 6, 6, 2), 7, dtype=np.float32),
+                                         best_buf=np.empty((1, 4), dtype=np.float32),
+                                         tap_buf=np.empty((1, 4), dtype=np.float32),
+                                         geometry=(4096, 4096, 2, 2, 0, 0, 1, 1)),
+     r"a float32 window must have fewer than 2\*\*24 taps .* got 4096 x 4096"),
+    ("extremum_backward_nhwc", "num_threads", 0, r"num_threads must be >= 1, got 0"),
+    ("avg_nhwc", "divisors", np.full((3, 2), 4.0), r"divisors must have out's 3 x 3 windows, got \(3, 2\)"),
+    ("avg_nhwc", "out", np.full((2, 3, 3, 2), 7.0), r"out must have the N and C of x, 1 and 2, got 2 and 2"),
+    ("avg_nhwc", "num_threads", 0, r"num_threads must be >= 1, got 0"),
+    ("avg_backward_nhwc", "divisors", np.full((2, 3), 4.0), r"divisors must have grad_out's 3 x 3 windows"),
+    ("avg_backward_nhwc", "share_buf", np.empty((1, 1)), r"share_buf needs a row of at least 2 values for each of "
+                                                         r"the 1 threads, got \(1, 1\)"),
+    ("avg_backward_nhwc", "num_threads", 2, r"share_buf needs a row of at least 2 values for each of the 2 threads"),
+    ("avg_backward_nhwc", "grad_out", np.ones((1, 3, 4, 2)), r"grad_out's last window starts outside grad_x: 3 x 4"),
+    ("avg_backward_nhwc", "num_threads", 0, r"num_threads must be >= 1, got 0"),
 ]
 
 
 @pytest.mark.parametrize("kernel, argument, bad, message", BAD_KERNEL_ARGS,
-                         ids=[f"{k}-{a}-{i}" for i, (k, a, _, _) in enumerate(BAD_KERNEL_ARGS)])
-def test_index_and_backward_kernels_check_their_arrays(kernel, argument, bad, message):
+                         ids=[f"{k}-{a if a != '*' else 'several'}-{i}"
+                              for i, (k, a, _, _) in enumerate(BAD_KERNEL_ARGS)])
+def test_other_kernels_check_their_arguments(kernel, argument, bad, message):
     """Each bad argument gets a ValueError that names it, in both builds, and the array the kernel writes is left as
-    it was: refused before any thread ran."""
+    it was: refused before any thread ran. (``"*"``: several arguments at once, here a float32 call.)"""
     if "cython" not in pl.available_backends():
         pytest.skip("the compiled tier is not built on this machine")
     for kernels in compiled_builds().values():
         args = _good_kernel_args()[kernel]
-        args[argument] = bad
-        written = args["out" if kernel == "extremum_index_nchw" else "grad_x"]
+        args.update(bad if argument == "*" else {argument: bad})
+        written = args["grad_x"] if "grad_x" in args else args["out"]
         before = written.copy()
         with pytest.raises(ValueError, match=message):
             _call_kernel(kernels, kernel, args)
         assert np.array_equal(written, before), "the kernel wrote before it refused"
 
 
-def test_index_and_backward_kernels_run_on_the_good_arguments():
+def test_other_kernels_run_on_the_good_arguments():
     """The good arguments of the table above give the NumPy tier's results in both builds (so each refusal comes
     from its one bad argument), also with a streamed gradient (``stage`` with a row per thread) and two threads."""
     if "cython" not in pl.available_backends():
@@ -641,17 +693,21 @@ def test_index_and_backward_kernels_run_on_the_good_arguments():
     x = np.arange(72.0).reshape(1, 2, 6, 6)
     expected_out, expected_indices = pl.max_pool2d(x, 2, return_indices=True, backend="numpy")
     max_grad = pl.max_pool2d_backward(np.ones((1, 2, 3, 3)), x, 2, indices=expected_indices, backend="numpy")
+    avg_out = pl.avg_pool2d(x, 2, backend="numpy")
     avg_grad = pl.avg_pool2d_backward(np.ones((1, 2, 3, 3)), x, 2, backend="numpy")
+    nhwc = (0, 2, 3, 1)
     for kernels in compiled_builds().values():
         for threads in (1, 2):
             for stage in (np.empty((0, 0)), np.empty((threads, 36))):
                 args = _good_kernel_args()
-                for name in args:
-                    args[name]["num_threads"] = threads
-                for buf in ("best_buf", "tap_buf"):
-                    args["extremum_index_nchw"][buf] = np.empty((threads, 3))
-                args["max_backward_indices"].update(stage=stage, bad=np.zeros(threads, dtype=np.int64))
-                args["avg_backward_nchw"].update(stage=stage, share_buf=np.empty((threads, 9)))
+                for a in args.values():
+                    a["num_threads"] = threads
+                    for buf in ("best_buf", "tap_buf", "win_buf", "share_buf"):
+                        if buf in a:
+                            a[buf] = np.empty((threads, a[buf].shape[1]), dtype=a[buf].dtype)
+                    if "stage" in a:
+                        a["stage"] = stage
+                args["max_backward_indices"]["bad"] = np.zeros(threads, dtype=np.int64)
                 for name, a in args.items():
                     _call_kernel(kernels, name, a)
                 found = args["extremum_index_nchw"]
@@ -660,6 +716,12 @@ def test_index_and_backward_kernels_run_on_the_good_arguments():
                 assert np.array_equal(args["max_backward_indices"]["grad_x"], max_grad)
                 assert not args["max_backward_indices"]["bad"].any()
                 assert np.array_equal(args["avg_backward_nchw"]["grad_x"], avg_grad)
+                assert np.array_equal(args["extremum_backward_nchw"]["grad_x"], max_grad)
+                assert np.array_equal(args["extremum_nhwc"]["out"], expected_out.transpose(nhwc))
+                assert np.array_equal(args["extremum_nhwc"]["indices"], expected_indices.transpose(nhwc))
+                assert np.array_equal(args["extremum_backward_nhwc"]["grad_x"], max_grad.transpose(nhwc))
+                assert np.array_equal(args["avg_nhwc"]["out"], avg_out.transpose(nhwc))
+                assert np.array_equal(args["avg_backward_nhwc"]["grad_x"], avg_grad.transpose(nhwc))
 
 
 # --------------------------------------------------------------------------------------------------------------
