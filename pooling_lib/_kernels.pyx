@@ -1201,13 +1201,23 @@ cdef int _check_dims(Py_ssize_t xn, Py_ssize_t xc, Py_ssize_t xh, Py_ssize_t xw,
     return 0
 
 
+cdef int _check_divisors(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t out_h, Py_ssize_t out_w,
+                         str out_name) except -1:
+    """An average kernel's ``(rows, cols)`` divisors must have one per window of its ``out_h x out_w`` output."""
+    if rows != out_h or cols != out_w:
+        raise ValueError(f"divisors must have {out_name}'s {out_h} x {out_w} windows, got ({rows}, {cols})")
+    return 0
+
+
 cdef int _check_pool_arrays(cnp.ndarray x, cnp.ndarray out, int kh, int kw, int sh, int sw, int ph, int pw, int dh,
-                            int dw, str x_name="x", str out_name="out") except -1:
+                            int dw, bint backward=False) except -1:
     """Checks of a forward kernel's input and output (4-d NCHW, C-contiguous, one float dtype, out writeable) and
-    geometry (:func:`_check_dims`). Returns the dtype's type number. A backward kernel passes its ``grad_x`` and
-    ``grad_out`` as ``x`` and ``out``, with their names: then ``x`` is the one that must be writeable."""
+    geometry (:func:`_check_dims`). Returns the dtype's type number. A ``backward`` kernel passes its ``grad_x`` and
+    ``grad_out`` as ``x`` and ``out``: then the messages name them so, and ``x`` is the one that must be
+    writeable."""
     cdef int typenum = cnp.PyArray_TYPE(x)
-    cdef bint backward = x_name != "x"
+    cdef str x_name = "grad_x" if backward else "x"
+    cdef str out_name = "grad_out" if backward else "out"
     cdef cnp.npy_intp* xs
     cdef cnp.npy_intp* os
     if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
@@ -1544,7 +1554,7 @@ def extremum_backward_nchw(const floating[:, :, :, ::1] x, const floating[:, :, 
         raise ValueError(f"grad_x must have the shape of x, {_shape4(x.shape)}, got {_shape4(grad_x.shape)}")
     if N * C == 0:
         return
-    if (min(best_buf.shape[0], tap_buf.shape[0], win_buf.shape[0]) < max(num_threads, 1)
+    if (min(best_buf.shape[0], tap_buf.shape[0], win_buf.shape[0]) < num_threads
             or min(best_buf.shape[1], win_buf.shape[1]) < out_w or tap_buf.shape[1] < 2 * out_w):
         raise ValueError(f"best_buf and win_buf need a row of at least out_w = {out_w} values and tap_buf one of "
                          f"2 * out_w = {2 * out_w} for each of the {num_threads} threads, got {best_buf.shape[0]} x "
@@ -1775,13 +1785,19 @@ cdef int _check_threads(int num_threads) except -1:
     return 0
 
 
+cdef int _need_rows(Py_ssize_t rows, Py_ssize_t cols, str name, int num_threads, Py_ssize_t width) except -1:
+    """A per-thread scratch array of ``rows x cols`` values needs at least ``num_threads`` rows of ``width``."""
+    if rows < num_threads or cols < width:
+        raise ValueError(f"{name} needs a row of at least {width} values for each of the {num_threads} threads, got "
+                         f"({rows}, {cols})")
+    return 0
+
+
 cdef int _check_rows(cnp.ndarray buf, str name, int typenum, int num_threads, Py_ssize_t width) except -1:
-    """A per-thread scratch array: 2-d, C-contiguous, of ``typenum``, writeable, with at least ``num_threads`` rows
+    """A per-thread scratch ndarray: 2-d, C-contiguous, of ``typenum``, writeable, with at least ``num_threads`` rows
     of at least ``width`` values."""
     _check_array(buf, name, typenum, 2, True)
-    if cnp.PyArray_DIMS(buf)[0] < num_threads or cnp.PyArray_DIMS(buf)[1] < width:
-        raise ValueError(f"{name} needs a row of at least {width} values for each of the {num_threads} threads, got "
-                         f"{(<object> buf).shape}")
+    _need_rows(cnp.PyArray_DIMS(buf)[0], cnp.PyArray_DIMS(buf)[1], name, num_threads, width)
     return 0
 
 
@@ -2244,6 +2260,7 @@ def max_backward_indices(cnp.ndarray grad_out, cnp.ndarray indices, cnp.ndarray 
     cdef cnp.npy_intp* gs
     cdef cnp.npy_intp* xs
     cdef Py_ssize_t H, W, out_h, out_w, units, size
+    cdef int c_axis = 3 if nhwc else 1                   # the channel axis of both arrays
     cdef bint stream
     if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
         raise ValueError(f"grad_x must be float32 or float64, got {grad_x.dtype}")
@@ -2255,15 +2272,13 @@ def max_backward_indices(cnp.ndarray grad_out, cnp.ndarray indices, cnp.ndarray 
                          f"{(<object> indices).shape}")
     gs = cnp.PyArray_DIMS(grad_out)
     xs = cnp.PyArray_DIMS(grad_x)
+    if gs[0] != xs[0] or gs[c_axis] != xs[c_axis]:
+        raise ValueError(f"grad_out must have the N and C of grad_x{' (NHWC)' if nhwc else ''}, {xs[0]} and "
+                         f"{xs[c_axis]}, got {gs[0]} and {gs[c_axis]}")
     if nhwc:
         H, W, out_h, out_w, units, size = xs[1], xs[2], gs[1], gs[2], xs[0], xs[3]
-        if gs[0] != xs[0] or gs[3] != xs[3]:
-            raise ValueError(f"grad_out must have the N and C of grad_x (NHWC), {xs[0]} and {xs[3]}, got {gs[0]} and "
-                             f"{gs[3]}")
     else:
         H, W, out_h, out_w, units, size = xs[2], xs[3], gs[2], gs[3], xs[0] * xs[1], 1
-        if gs[0] != xs[0] or gs[1] != xs[1]:
-            raise ValueError(f"grad_out must have the N and C of grad_x, {xs[0]} and {xs[1]}, got {gs[0]} and {gs[1]}")
     _check_threads(num_threads)
     _check_array(bad, "bad", cnp.NPY_INT64, 1, True)
     if cnp.PyArray_DIMS(bad)[0] < num_threads:
@@ -2730,7 +2745,7 @@ def extremum_backward_nhwc(const floating[:, :, :, ::1] x, const floating[:, :, 
                          f"{kh} x {kw}")
     if N == 0:
         return
-    if min(best_buf.shape[0], tap_buf.shape[0]) < max(num_threads, 1) or min(best_buf.shape[1],
+    if min(best_buf.shape[0], tap_buf.shape[0]) < num_threads or min(best_buf.shape[1],
                                                                               tap_buf.shape[1]) < 2 * C:
         raise ValueError(f"best_buf and tap_buf need a row of at least 2 * C = {2 * C} values for each of the "
                          f"{num_threads} threads, got {best_buf.shape[0]} x {best_buf.shape[1]} and "
@@ -2942,8 +2957,7 @@ def avg_nchw(cnp.ndarray x, cnp.ndarray out, cnp.ndarray divisors, int kh, int k
     cdef cnp.npy_intp* xs = cnp.PyArray_DIMS(x)
     cdef cnp.npy_intp* os = cnp.PyArray_DIMS(out)
     _check_array(divisors, "divisors", typenum, 2, False)
-    if cnp.PyArray_DIMS(divisors)[0] != os[2] or cnp.PyArray_DIMS(divisors)[1] != os[3]:
-        raise ValueError(f"divisors must have out's {os[2]} x {os[3]} windows, got {(<object> divisors).shape}")
+    _check_divisors(cnp.PyArray_DIMS(divisors)[0], cnp.PyArray_DIMS(divisors)[1], os[2], os[3], "out")
     with nogil:
         if typenum == cnp.NPY_FLOAT:
             _avg_nchw(<const float*> cnp.PyArray_DATA(x), <float*> cnp.PyArray_DATA(out),
@@ -3118,14 +3132,13 @@ def avg_backward_nchw(cnp.ndarray grad_out, cnp.ndarray grad_x, cnp.ndarray divi
     forward's ``x`` and ``out`` (:func:`_check_pool_arrays`, with ``grad_x`` the one written), ``divisors`` as in
     :func:`avg_nchw`, and the scratch rows as described above.
     """
-    cdef int typenum = _check_pool_arrays(grad_x, grad_out, kh, kw, sh, sw, ph, pw, 1, 1, "grad_x", "grad_out")
+    cdef int typenum = _check_pool_arrays(grad_x, grad_out, kh, kw, sh, sw, ph, pw, 1, 1, True)
     cdef cnp.npy_intp* xs = cnp.PyArray_DIMS(grad_x)
     cdef cnp.npy_intp* os = cnp.PyArray_DIMS(grad_out)
     cdef bint stream
     _check_threads(num_threads)
     _check_array(divisors, "divisors", typenum, 2, False)
-    if cnp.PyArray_DIMS(divisors)[0] != os[2] or cnp.PyArray_DIMS(divisors)[1] != os[3]:
-        raise ValueError(f"divisors must have grad_out's {os[2]} x {os[3]} windows, got {(<object> divisors).shape}")
+    _check_divisors(cnp.PyArray_DIMS(divisors)[0], cnp.PyArray_DIMS(divisors)[1], os[2], os[3], "grad_out")
     _check_rows(share_buf, "share_buf", typenum, num_threads, os[3] + xs[3])
     _check_array(stage, "stage", typenum, 2, True)
     stream = cnp.PyArray_DIMS(stage)[0] > 0
@@ -3210,9 +3223,7 @@ def avg_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const f
     cdef bint overlap = (sh < kh or sw < kw) and kh * kw <= _SCATTER_TAPS
     _check_threads(num_threads)
     _check_dims(N, C, H, W, out.shape[0], out.shape[3], out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1, "x", "out")
-    if divisors.shape[0] != out_h or divisors.shape[1] != out_w:
-        raise ValueError(f"divisors must have out's {out_h} x {out_w} windows, got ({divisors.shape[0]}, "
-                         f"{divisors.shape[1]})")
+    _check_divisors(divisors.shape[0], divisors.shape[1], out_h, out_w, "out")
     if N == 0:
         return
     for row in prange(N * out_h, nogil=True, schedule="guided", num_threads=num_threads):
@@ -3242,12 +3253,8 @@ def avg_backward_nhwc(const floating[:, :, :, ::1] grad_out, floating[:, :, :, :
     _check_threads(num_threads)
     _check_dims(N, C, H, W, grad_out.shape[0], grad_out.shape[3], out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1,
                 "grad_x", "grad_out")
-    if divisors.shape[0] != out_h or divisors.shape[1] != out_w:
-        raise ValueError(f"divisors must have grad_out's {out_h} x {out_w} windows, got ({divisors.shape[0]}, "
-                         f"{divisors.shape[1]})")
-    if share_buf.shape[0] < num_threads or share_buf.shape[1] < C:
-        raise ValueError(f"share_buf needs a row of at least {C} values for each of the {num_threads} threads, got "
-                         f"({share_buf.shape[0]}, {share_buf.shape[1]})")
+    _check_divisors(divisors.shape[0], divisors.shape[1], out_h, out_w, "grad_out")
+    _need_rows(share_buf.shape[0], share_buf.shape[1], "share_buf", num_threads, C)
     if N == 0:
         return
     units = N * out_h if by_rows else N

@@ -541,8 +541,8 @@ def _good_kernel_args():
     xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))      # the same input in NHWC memory: (N, H, W, C)
     return {
         "extremum_index_nchw": dict(x=x, out=np.full((1, 2, 3, 3), 7.0), indices=np.full((1, 2, 3, 3), 7),
-                                    best_buf=np.empty((1, 3)), tap_buf=np.empty((1, 3)), geometry=(2, 2, 2, 2, 0, 0,
-                                    1, 1), minimum=False, num_threads=1),
+                                    best_buf=np.empty((1, 3)), tap_buf=np.empty((1, 3)),
+                                    geometry=(2, 2, 2, 2, 0, 0, 1, 1), minimum=False, num_threads=1),
         "max_backward_indices": dict(grad_out=np.ones((1, 2, 3, 3)), indices=indices, grad_x=np.full_like(x, 7.0),
                                      stage=np.empty((0, 0)), bad=np.zeros(1, dtype=np.int64), nhwc=False,
                                      blocks_2x2=True, rows_3x3=False, num_threads=1),
@@ -581,7 +581,6 @@ def _read_only(a):
 
 
 # (kernel, argument, bad value, message): each breaks one rule of the kernel's C checks
-F64 = np.float64
 BAD_KERNEL_ARGS = [
     ("extremum_index_nchw", "x", np.zeros((1, 2, 6, 6), dtype=np.float32), r"out has dtype float64, expected float32"),
     ("extremum_index_nchw", "out", np.full((1, 2, 3, 4), 7.0), r"out's last window starts outside x: 3 x 4 "),
