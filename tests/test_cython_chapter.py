@@ -2,7 +2,7 @@
 
 Chapter 8 builds max pooling forward in ``%%cython`` cells, version after version; its last version must be,
 character for character, the block of ``pooling_lib/_kernels.pyx`` between the CHAPTER 8 KERNEL markers (the
-kernel that ``pooling_lib`` compiles and calls). A ``%%cython`` cell that fails to compile prints to stderr and
+kernel that ``pooling_lib`` compiles, and calls when a window's taps lie too far apart for its fast kernel). A ``%%cython`` cell that fails to compile prints to stderr and
 raises nothing, so every such cell must be followed by a code cell that uses what it built.
 """
 import json
