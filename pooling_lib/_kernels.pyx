@@ -2823,9 +2823,10 @@ cdef inline void _spread_taps(floating* grow, const floating* share, Py_ssize_t 
 
 cdef inline void _spread_row(floating* grow, const floating* share, Py_ssize_t out_w, Py_ssize_t kw, Py_ssize_t sw,
                              Py_ssize_t pw, Py_ssize_t W) noexcept nogil:
-    """Add each window's share to the real cells of its kw columns in one row, tap column by tap column."""
+    """Add each window's share to the real cells of its kw columns in one row, tap column by tap column, from the
+    last to the first: a cell then gets its shares in window order (``j`` ascending), as in PyTorch's backward."""
     cdef Py_ssize_t b, off, j_lo, j_hi
-    for b in range(kw):
+    for b in range(kw - 1, -1, -1):
         off = b - pw
         j_lo = _tap_lo(off, sw)
         j_hi = _tap_hi(off, out_w, sw, W)
@@ -2837,6 +2838,54 @@ cdef inline void _spread_row(floating* grow, const floating* share, Py_ssize_t o
             _spread_taps(grow, share, j_lo, j_hi, 2, off)
         else:
             _spread_taps(grow, share, j_lo, j_hi, sw, off)
+
+
+AVG_LAYERS_MAX = 8
+
+
+cpdef Py_ssize_t avg_backward_layers(int kh, int kw, int sw):
+    """How many layer rows :func:`avg_backward_nchw` builds per window row, each of ``W`` values in the thread's
+    ``share_buf`` row: 0 for small windows (added window by window, without a spread row) and where a cell can lie
+    in more than ``AVG_LAYERS_MAX`` windows of one row (rows that earlier window rows touched then get their shares
+    window by window), else ``(kw - 1) // sw + 1``, the most windows of one row that can cover a cell."""
+    cdef Py_ssize_t m = (kw - 1) // sw + 1
+    if kh * kw <= kh + kw + 1 or m > AVG_LAYERS_MAX:
+        return 0
+    return m
+
+
+cdef inline void _layer_rows(floating* layer, const floating* share, Py_ssize_t out_w, Py_ssize_t kw,
+                             Py_ssize_t sw, Py_ssize_t pw, Py_ssize_t W) noexcept nogil:
+    """Sort a window row's shares into layers: ``layer[t * W + w]`` is the share of the window whose tap ``b`` falls
+    on column ``w``, with ``t = (kw - 1 - b) // sw``. The windows that cover a cell have taps ``sw`` apart, so they
+    land in different layers, in window order; each cell of a layer gets one share at most, and a cell without one
+    keeps the 0 it had."""
+    cdef Py_ssize_t b, j, off, j_lo, j_hi
+    cdef floating* row
+    for b in range(kw):
+        off = b - pw
+        j_lo = _tap_lo(off, sw)
+        j_hi = _tap_hi(off, out_w, sw, W)
+        row = layer + ((kw - 1 - b) // sw) * W
+        for j in range(j_lo, j_hi):
+            row[j * sw + off] = share[j]
+
+
+cdef inline void _add_layers(floating* g0, const floating* layer, Py_ssize_t layers, Py_ssize_t W) noexcept nogil:
+    """``g0 += layer 0``, then ``+= layer 1``, and so on: each cell gets its shares one at a time in window order,
+    as PyTorch adds them (adding a layer's 0 changes no cell: a sum that starts at +0 is never -0)."""
+    cdef Py_ssize_t t, b
+    cdef const floating* row
+    cdef const floating* row1
+    if layers == 2:                                   # windows that overlap by one column (3x3 stride 2): one pass
+        row1 = layer + W
+        for b in range(W):
+            g0[b] = (g0[b] + layer[b]) + row1[b]
+        return
+    for t in range(layers):
+        row = layer + t * W
+        for b in range(W):
+            g0[b] = g0[b] + row[b]
 
 
 cdef inline void _avg_3x3(floating* op, const floating* r0, const floating* dv, Py_ssize_t W, Py_ssize_t jl,
@@ -3052,11 +3101,11 @@ cdef void _avg_plane_2x2(const floating* gp, floating* gx, const floating* divis
 cdef void _avg_backward_nchw(const floating* grad_out, floating* grad_x, const floating* divisors,
                              floating* share_buf, Py_ssize_t share_row, floating* stage, Py_ssize_t stage_row,
                              bint stream, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t out_h,
-                             Py_ssize_t out_w, int kh, int kw, int sh, int sw, int ph, int pw,
+                             Py_ssize_t out_w, int kh, int kw, int sh, int sw, int ph, int pw, Py_ssize_t layers,
                              int num_threads) noexcept nogil:
     """The loop of :func:`avg_backward_nchw`, on the arrays' memory; thread ``tid``'s rows of ``share_buf`` and
     ``stage`` start at ``share_buf + tid * share_row`` and ``stage + tid * stage_row``."""
-    cdef Py_ssize_t plane, i, j, a, h0, b, a_lo, a_hi, tid
+    cdef Py_ssize_t plane, i, j, a, h0, b, a_lo, a_hi, tid, touched
     cdef const floating* gp
     cdef const floating* dv
     cdef floating* gx
@@ -3064,6 +3113,7 @@ cdef void _avg_backward_nchw(const floating* grad_out, floating* grad_x, const f
     cdef floating* g0
     cdef floating* share
     cdef floating* spread
+    cdef floating* layer
     cdef floating* buf = NULL
     cdef bint by_rows = kh * kw > kh + kw + 1
     cdef bint k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1)
@@ -3074,6 +3124,7 @@ cdef void _avg_backward_nchw(const floating* grad_out, floating* grad_x, const f
         tid = threadid()
         share = share_buf + tid * share_row
         spread = share + out_w
+        layer = spread + W
         if stream:
             buf = stage + tid * stage_row
         for plane in prange(N * C, schedule="guided"):
@@ -3086,6 +3137,7 @@ cdef void _avg_backward_nchw(const floating* grad_out, floating* grad_x, const f
                     pl_stream_copy(gx, out, H * W * sizeof(floating))
                 continue
             memset(out, 0, H * W * sizeof(floating))
+            touched = 0                                 # rows [0, touched) hold shares of earlier window rows
             for i in range(out_h):
                 h0 = i * sh - ph
                 a_lo = _tap_lo(h0, 1)
@@ -3099,13 +3151,27 @@ cdef void _avg_backward_nchw(const floating* grad_out, floating* grad_x, const f
                     for a in range(a_lo, a_hi):
                         _spread_row(out + (h0 + a) * W, share, out_w, kw, sw, pw, W)
                     continue
-                # the row's windows spread across the columns once, then that row is added to each of their kh rows
+                # the row's windows spread across the columns once (0 + each share in window order), and that row is
+                # added to each of their kh rows that no earlier window row has touched; a row that one has touched
+                # gets the shares one at a time, layer by layer, as PyTorch adds them, so that it rounds the same way
                 memset(spread, 0, W * sizeof(floating))
-                _spread_row(spread, share, out_w, kw, sw, pw, W)
+                if layers:
+                    memset(layer, 0, layers * W * sizeof(floating))
+                    _layer_rows(layer, share, out_w, kw, sw, pw, W)
+                    _add_layers(spread, layer, layers, W)
+                else:
+                    _spread_row(spread, share, out_w, kw, sw, pw, W)
                 for a in range(a_lo, a_hi):
                     g0 = out + (h0 + a) * W
+                    if h0 + a < touched:
+                        if layers:
+                            _add_layers(g0, layer, layers, W)
+                        else:
+                            _spread_row(g0, share, out_w, kw, sw, pw, W)
+                        continue
                     for b in range(W):
                         g0[b] = g0[b] + spread[b]
+                touched = h0 + a_hi
             if out != gx:
                 pl_stream_copy(gx, out, H * W * sizeof(floating))
         if stream:
@@ -3116,12 +3182,13 @@ def avg_backward_nchw(cnp.ndarray grad_out, cnp.ndarray grad_x, cnp.ndarray divi
                       cnp.ndarray stage, int kh, int kw, int sh, int sw, int ph, int pw, int num_threads):
     """Gradient of average pooling, NCHW: ``grad_out / divisor`` added to every real cell of each window.
 
-    ``grad_x`` may be uninitialised; ``share_buf`` holds a scratch row of at least ``out_w + W`` values per
-    thread: a row's shares, then their spread over the ``W`` columns. With more than ``kh + kw + 1`` taps (3x3
-    windows and up) each output row's spread is built once and added to each of its window rows: ``kw`` strided
-    passes and ``kh`` contiguous ones instead of ``kh * kw`` strided ones. A cell's gradients then add up row by
-    row, each row's as one sum (the naive tier adds window by window, so overlapping windows may differ in the last
-    bits).
+    ``grad_x`` may be uninitialised; ``share_buf`` holds a scratch row of at least ``out_w + W * (1 + layers)``
+    values per thread, with ``layers = avg_backward_layers(kh, kw, sw)``: a row's shares, their spread over the
+    ``W`` columns, and the layer rows. With more than ``kh + kw + 1`` taps (3x3 windows and up) each output row's
+    spread is built once and added to each of its window rows that no earlier window row has touched: ``kw``
+    strided passes and ``kh`` contiguous ones instead of ``kh * kw`` strided ones. A row that an earlier window
+    row has touched gets the shares layer by layer (:func:`_layer_rows`), so that every cell gets its shares one at
+    a time in row-major window order, as in the naive tier and PyTorch: the same bits.
 
     ``stage``: when it has rows (one per thread, of at least ``H * W`` values), the gradient is written with streaming
     stores, which skip the read that an ordinary store makes of each line (see ``STREAM_MIN_BYTES`` in
@@ -3136,10 +3203,11 @@ def avg_backward_nchw(cnp.ndarray grad_out, cnp.ndarray grad_x, cnp.ndarray divi
     cdef cnp.npy_intp* xs = cnp.PyArray_DIMS(grad_x)
     cdef cnp.npy_intp* os = cnp.PyArray_DIMS(grad_out)
     cdef bint stream
+    cdef Py_ssize_t layers = avg_backward_layers(kh, kw, sw)
     _check_threads(num_threads)
     _check_array(divisors, "divisors", typenum, 2, False)
     _check_divisors(cnp.PyArray_DIMS(divisors)[0], cnp.PyArray_DIMS(divisors)[1], os[2], os[3], "grad_out")
-    _check_rows(share_buf, "share_buf", typenum, num_threads, os[3] + xs[3])
+    _check_rows(share_buf, "share_buf", typenum, num_threads, os[3] + xs[3] * (1 + layers))
     _check_array(stage, "stage", typenum, 2, True)
     stream = cnp.PyArray_DIMS(stage)[0] > 0
     if stream:
@@ -3150,13 +3218,13 @@ def avg_backward_nchw(cnp.ndarray grad_out, cnp.ndarray grad_x, cnp.ndarray divi
                                <const float*> cnp.PyArray_DATA(divisors), <float*> cnp.PyArray_DATA(share_buf),
                                cnp.PyArray_DIMS(share_buf)[1], <float*> cnp.PyArray_DATA(stage),
                                cnp.PyArray_DIMS(stage)[1], stream, xs[0], xs[1], xs[2], xs[3], os[2], os[3], kh, kw,
-                               sh, sw, ph, pw, num_threads)
+                               sh, sw, ph, pw, layers, num_threads)
         else:
             _avg_backward_nchw(<const double*> cnp.PyArray_DATA(grad_out), <double*> cnp.PyArray_DATA(grad_x),
                                <const double*> cnp.PyArray_DATA(divisors), <double*> cnp.PyArray_DATA(share_buf),
                                cnp.PyArray_DIMS(share_buf)[1], <double*> cnp.PyArray_DATA(stage),
                                cnp.PyArray_DIMS(stage)[1], stream, xs[0], xs[1], xs[2], xs[3], os[2], os[3], kh, kw,
-                               sh, sw, ph, pw, num_threads)
+                               sh, sw, ph, pw, layers, num_threads)
 
 
 cdef inline void _mean_cells(floating* op, const floating* xn, Py_ssize_t h0, Py_ssize_t w0, Py_ssize_t a_lo,

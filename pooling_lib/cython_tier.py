@@ -10,8 +10,8 @@ calls the kernel with the GIL released:
   returned as its NCHW-axes view, so :mod:`pooling_lib.functional` hands an NHWC caller a C-contiguous array;
 * any other memory order is first copied to C-contiguous NCHW.
 
-Results are bit-identical to the naive tier (average pooling's backward may differ in the last bits where
-windows overlap). Like the other tiers, this one does no argument validation of its own, except that the backward
+Results are bit-identical to the naive tier, and so to PyTorch's CPU kernels (average pooling's backward too: a
+cell gets the shares of the windows that cover it in row-major window order, as in PyTorch). Like the other tiers, this one does no argument validation of its own, except that the backward
 from indices counts the indices outside their plane as its kernel reads them, never writing there, and raises
 the tiers' ValueError when there is one.
 
@@ -367,7 +367,8 @@ def avg_pool_backward(grad_out, g, dtype, count_include_pad=True, divisor_overri
         return grad_x.transpose(0, 3, 1, 2)
     grad_out = np.ascontiguousarray(grad_out)
     grad_x = _empty((g.N, g.C, g.H, g.W), dtype)
-    share = _scratch(nt, g.out_w + g.W, dtype)
+    layers = _kernels.avg_backward_layers(g.kernel_h, g.kernel_w, g.stride_w)
+    share = _scratch(nt, g.out_w + g.W * (1 + layers), dtype)
     _kernels.avg_backward_nchw(grad_out, grad_x, divisors, share, _stage(grad_x, g.H * g.W, nt),
                                *_geometry_args(g, dilation=False), nt)
     return grad_x

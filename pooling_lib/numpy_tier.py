@@ -3,9 +3,10 @@
 The only Python loops run over the taps of a window. For tap ``(a, b)`` the strided
 view ``xp[:, :, a*d_h : ... : s_h, b*d_w : ... : s_w]`` holds that tap of *every* window at once, so a
 running maximum (or sum) over the taps pools the whole batch. The update rule is the naive tier's, applied
-elementwise, so max/min pooling (forward and backward) and the average-pooling forward are bit-identical to it.
-The average-pooling backward adds a cell's shares tap by tap rather than window by window, so where windows
-overlap it can differ from the naive tier in the last bit.
+elementwise, so max/min pooling (forward and backward) and average pooling (forward and backward) are
+bit-identical to it. The average-pooling backward adds a cell's shares tap by tap rather than window by window,
+so it visits the taps in reverse: a cell then receives its shares in row-major window order, as in the naive tier
+and PyTorch, and sums of three or more shares round the same way.
 """
 import dataclasses
 
@@ -174,10 +175,14 @@ def avg_pool_forward(x, g, count_include_pad=True, divisor_override=None):
 
 
 def avg_pool_backward(grad_out, g, dtype, count_include_pad=True, divisor_override=None):
-    """Add each window's ``grad_out / divisor`` to every tap's cell, then cut the padding off."""
+    """Add each window's ``grad_out / divisor`` to every tap's cell, then cut the padding off.
+
+    A cell receives at most one share per tap, from the window ``(i, j)`` with ``(a, b) = (h - i s_h, w - j s_w)``
+    (padded coordinates): visiting the taps from the last to the first therefore hands each cell its shares in
+    row-major window order, the order of the naive tier and of PyTorch, so the sums are the same bits."""
     share = grad_out / avg_divisors(g, count_include_pad, divisor_override).astype(dtype)
     top, bottom, left, right = _pad_amounts(g)
     grad_p = np.zeros((g.N, g.C, g.H + top + bottom, g.W + left + right), dtype=dtype)
-    for _, _, view in _tap_views(grad_p, g, dilation=False):
+    for _, _, view in reversed(list(_tap_views(grad_p, g, dilation=False))):
         view += share
     return grad_p[:, :, top : top + g.H, left : left + g.W]

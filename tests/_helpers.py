@@ -58,19 +58,6 @@ def assert_identical(actual, expected, err_msg="", signed_zeros=True):
                                       err_msg=f"sign of zero differs {err_msg}")
 
 
-def assert_close(actual, expected, err_msg=""):
-    """Same shape and dtype, values equal up to summation-order rounding (NaN equals NaN)."""
-    actual = np.asarray(actual)
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape} {err_msg}"
-    assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype} {err_msg}"
-    if actual.dtype == np.float32:
-        rtol, atol = 1e-5, 1e-6
-    else:
-        rtol, atol = 1e-12, 1e-14
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True, err_msg=err_msg)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Layouts
 # --------------------------------------------------------------------------------------------------------------

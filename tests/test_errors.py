@@ -627,6 +627,9 @@ BAD_KERNEL_ARGS = [
                                                             r"\(3, 2\)"),
     ("avg_backward_nchw", "share_buf", np.empty((1, 8)), r"share_buf needs a row of at least 9 values"),
     ("avg_backward_nchw", "share_buf", np.empty((1, 9), dtype=np.float32), r"share_buf has dtype float32"),
+    # 3x3 windows at stride 2 need two layer rows of W values besides the shares and the spread: 3 + 6 * 3
+    ("avg_backward_nchw", "*", dict(share_buf=np.empty((1, 20)), geometry=(3, 3, 2, 2, 1, 1)),
+     r"share_buf needs a row of at least 21 values"),
     ("avg_backward_nchw", "stage", np.empty((1, 35)), r"stage \(when it has rows\) needs a row of at least 36 "),
     ("avg_backward_nchw", "geometry", (2, 2, 2, 2, -1, 0), r"strides and dilations must be >= 1 and paddings >= 0"),
     ("avg_backward_nchw", "num_threads", 0, r"num_threads must be >= 1, got 0"),

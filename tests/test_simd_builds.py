@@ -121,10 +121,8 @@ def test_each_build_matches_numpy_tier(build, monkeypatch, config, kind, shape, 
     x = _input(kind, dtype, layout, shape)
     ours = _run_all(x, layout, config)
     ref = _run_all(x, layout, config, backend="numpy")
-    for i, (a, b) in enumerate(zip(ours[:9], ref[:9])):
+    for i, (a, b) in enumerate(zip(ours, ref)):
         assert _same_result(i, a, b), f"result {i} of the {build} build differs from the NumPy tier"
-    # the average backward may differ in the last bits where windows overlap (see cython_tier)
-    np.testing.assert_allclose(ours[9], ref[9], rtol=1e-6, atol=1e-6)
 
 
 def _guarded(shape, dtype):
