@@ -11,7 +11,9 @@ This module is private to :mod:`pooling_lib.grading`, which runs the batteries a
   student's output matches it (the diagnosis: a wrong answer that equals "zero padding" most likely *is*
   zero padding);
 * ``heuristics``: fallback hints for wrong answers that match no variant exactly;
-* ``extra``: a check run once every case passes (vectorization, speed).
+* ``extra``: a check run once every case passes (vectorization, speed); failing it earns no credit;
+* ``own_code`` and ``allowed``: whether the student must write the function without ``pooling_lib``'s own
+  pooling code, and which of its argument helpers (the output size) are allowed all the same.
 
 Everything here runs on tiny arrays, so plain loops are fine and easy to read.
 """
@@ -75,8 +77,10 @@ class Exercise:
     result: Any  # a comparator: _Array, _Tuple, _Int, _Float
     variants: tuple = ()
     heuristics: Callable | None = None  # (case, got, expected) -> hint or None
-    extra: Callable | None = None  # (fn) -> None when fine, else (what went wrong, hint)
+    extra: Callable | None = None  # (fn, watched) -> None when fine, else (what went wrong, hint); watched(*args)
+    # calls fn while watching for pooling_lib calls (use it for every call but timed ones)
     own_code: bool = True  # the student must not call pooling_lib's pooling functions
+    allowed: tuple = ()  # pooling_lib functions a student may call all the same (see GEOMETRY_HELPERS)
     exception_hint: Callable | None = None  # (exception) -> hint or None, for errors typical of the exercise
     points: float = 1.0
 
@@ -316,32 +320,60 @@ def _global_avg_backward(grad_out, x):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Did the student call pooling_lib's own pooling?
+# Did the student call pooling_lib's own pooling (or the grader's answers)?
 # ---------------------------------------------------------------------------------------------------------
 _POOLING_MODULES = ("functional", "naive", "numpy_tier", "cython_tier", "params", "layers")
+GRADER_MODULE = "_grading_cases"  # this module: the references and known-wrong variants are answers too
+
+# pooling_lib's argument helpers: they count the windows and check the arguments, but pool nothing. Every exercise
+# that must be written without pooling_lib allows them (chapter 2 teaches pool2d_output_size as the library's
+# helper, chapter 8's wrapper calls pool_geometry), except the output-size exercise, whose answer they are.
+# The rest of pooling_lib.params stays forbidden: avg_divisors is the average pooling exercise's divisor,
+# first_real_tap a window's first real cell, and the others are plumbing no exercise needs.
+GEOMETRY_HELPERS = ("pooling_lib.params.pool2d_output_size", "pooling_lib.params.pool_geometry",
+                    "pooling_lib.params.PoolGeometry.out_shape",
+                    "pooling_lib.params.out_shape")  # the same property, named by co_name before Python 3.11
 
 
-def library_calls(fn, *args):
-    """Names of pooling_lib's pooling functions that ``fn(*args)`` calls from outside the library, sorted."""
+def _watched_files():
     here = os.path.dirname(os.path.abspath(__file__))
-    files = {os.path.join(here, m + ".py"): m for m in _POOLING_MODULES}
-    called = set()
+    return {os.path.join(here, m + ".py"): m for m in _POOLING_MODULES + (GRADER_MODULE,)}
+
+
+def call_watched(fn, args, called):
+    """Return ``fn(*args)``, adding to the set ``called`` the names of the functions of pooling_lib's pooling
+    modules, and of this module (the grader's own answers), that it calls from outside them.
+
+    A profiler is on during the call only: the grader's own calls of its references (made by ``run_check``, not
+    from inside the student's function) are not watched, and a call between watched modules (the library's own
+    plumbing, a reference calling pooling_lib) is not an entry point. ``called`` is filled even when ``fn``
+    raises.
+    """
+    files = _watched_files()
+    here = sys._getframe()  # in a watched file itself: what it calls directly (fn) is an entry point
 
     def profile(frame, event, arg):
         if event == "call":
             module = files.get(frame.f_code.co_filename)
-            caller = frame.f_back.f_code.co_filename if frame.f_back is not None else ""
-            if module is not None and caller not in files:  # an entry point, not the library's own plumbing
-                called.add(f"pooling_lib.{module}.{frame.f_code.co_name}")
+            caller = frame.f_back
+            if module is not None and (caller is None or caller is here or caller.f_code.co_filename not in files):
+                name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)  # Class.method from 3.11
+                called.add(f"pooling_lib.{module}.{name}")  # an entry point, not plumbing
 
     previous = sys.getprofile()
     sys.setprofile(profile)
     try:
-        with np.errstate(all="ignore"):
-            fn(*args)
+        return fn(*args)
     finally:
         sys.setprofile(previous)
-    return sorted(called)
+
+
+def forbidden_calls(ex, called):
+    """The calls in ``called`` (see :func:`call_watched`) that earn exercise ``ex`` no credit, sorted: every one
+    but ``ex.allowed`` when the student must write the code (``own_code``), else the grader's own functions."""
+    if ex.own_code:
+        return sorted(name for name in called if name not in ex.allowed)
+    return sorted(name for name in called if name.startswith(f"pooling_lib.{GRADER_MODULE}."))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -494,7 +526,9 @@ SHIFT_AGREEMENT = Exercise(
     params=("x", "kernel_size", "shift"),
     reference=_shift_agreement,
     cases=_shift_cases,
-    result=_Float("the fraction"),
+    # float32's precision: a fraction computed in float32 (np.mean of a float32 array) is right too, and two
+    # distinct fractions of these cases (at most 90 pooled values) differ by far more than 1e-6.
+    result=_Float("the fraction", rtol=1e-6),
     own_code=False,  # measuring with pooling_lib's max_pool2d is the point
     variants=(
         Variant("you compared the shifted and unshifted *inputs*; compare the max-pooled outputs "
@@ -544,12 +578,21 @@ def _span(L, k, s, p, d):
     return L + 2 * p - d * (k - 1) - 1
 
 
+def _ceil_drop_before_padding(L, k, s, p=0, d=1, c=False):
+    """ceil_mode's drop rule compared with L instead of L + p: the padded axis's left padding forgotten."""
+    if not c:
+        return _span(L, k, s, p, d) // s + 1
+    out = -(-_span(L, k, s, p, d) // s) + 1
+    return out - 1 if (out - 1) * s >= L else out
+
+
 OUTPUT_SIZE = Exercise(
     name="output_size",
     chapter=2,
     label="ex-ch02-output-size",
     title="The output-size formula",
     params=("length", "kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+    allowed=(),  # pool2d_output_size is the answer here
     reference=_output_size,
     cases=_output_size_cases,
     result=_Int("the output size"),
@@ -577,6 +620,10 @@ OUTPUT_SIZE = Exercise(
                 "padding (at or after L + p) is dropped: it would contain no input cell.",
                 lambda L, k, s, p=0, d=1, c=False: (-(-_span(L, k, s, p, d) // s) if c else _span(L, k, s, p, d)
                                                     // s) + 1),
+        Variant("with ceil_mode=True you drop the last window when (out - 1) * stride >= length, but (out - 1) * "
+                "stride is where that window starts on the *padded* axis, whose first p cells are the left padding: "
+                "there the right padding begins at L + p. Drop the last window only when (out - 1) * stride >= "
+                "length + padding.", _ceil_drop_before_padding),
         Variant("(L - k) / s + 1 is the formula without padding or dilation; use the full "
                 "floor((L + 2p - d(k-1) - 1) / s) + 1.",
                 lambda L, k, s, p=0, d=1, c=False: (L - k) // s + 1),
@@ -615,6 +662,7 @@ MAX_POOL_FORWARD = Exercise(
     label="ex-ch03-max-pool-forward",
     title="Max pooling with loops, padding that never wins",
     params=("x", "kernel_size", "stride", "padding"),
+    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_max_forward_ref,
     cases=_forward_cases,
     result=_Array("the output"),
@@ -666,6 +714,7 @@ MIN_POOL_FORWARD = Exercise(
     label="ex-ch03-min-pool-forward",
     title="Min pooling and the index of each winner",
     params=("x", "kernel_size", "stride", "padding"),
+    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_min_forward_ref,
     cases=_min_cases,
     result=_Tuple(_Array("out"), _Array("indices")),
@@ -754,6 +803,7 @@ MAX_POOL_BACKWARD = Exercise(
     label="ex-ch04-max-pool-backward",
     title="Max pooling backward with ties and overlapping windows",
     params=("grad_out", "x", "kernel_size", "stride", "padding"),
+    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_max_backward_ref,
     cases=_backward_cases,
     result=_Array("grad_x"),
@@ -841,6 +891,7 @@ AVG_POOL_BACKWARD = Exercise(
     label="ex-ch05-avg-pool-backward",
     title="Average pooling backward, with and without counting the padding",
     params=("grad_out", "x", "kernel_size", "stride", "padding", "count_include_pad"),
+    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_avg_backward_ref,
     cases=_avg_cases,
     result=_Array("grad_x", exact=False),
@@ -918,6 +969,7 @@ GLOBAL_MAX_POOL_BACKWARD = Exercise(
     label="ex-ch06-global-max-backward",
     title="Global max pooling backward",
     params=("grad_out", "x"),
+    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_global_max_backward_ref,
     cases=_global_cases,
     result=_Array("grad_x"),
@@ -978,7 +1030,7 @@ def _adaptive_cases():
     rng = _rng(8)
     specs = [
         ("6x6 to 3x3 (the same as 2x2 average pooling), float64", (1, 1, 6, 6), _F64, 3),
-        ("5x5 to 3x3 (windows of 2 cells overlap by one), float64", (1, 1, 5, 5), _F64, 3),
+        ("5x5 to 3x3 (windows of 2, 3 and 2 cells; neighbors share one cell), float64", (1, 1, 5, 5), _F64, 3),
         ("7x5 to (3, 2), non-square, float64", (2, 2, 7, 5), _F64, (3, 2)),
         ("4x4 to 1 (global average pooling), float32", (1, 3, 4, 4), _F32, 1),
         ("10x7 to (4, 3), float32", (1, 3, 10, 7), _F32, (4, 3)),
@@ -993,6 +1045,7 @@ ADAPTIVE_AVG_POOL2D = Exercise(
     label="ex-ch06-adaptive-avg",
     title="Adaptive average pooling",
     params=("x", "output_size"),
+    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=adaptive_avg_pool2d_reference,
     cases=_adaptive_cases,
     result=_Array("the output", exact=False),
@@ -1044,18 +1097,36 @@ def count_python_lines(fn, *args):
     return count
 
 
-def _vectorized_extra(fn):
+# The vectorization check: the lines of the student's Python run for a small base input, then for inputs grown
+# along one axis at a time. A Python loop over that axis (N, C, H or W, or the output rows or columns; a for loop,
+# a comprehension, or map or np.vectorize over a function of the student's) runs at least one line per step, and
+# a 16 times larger axis gives it at least 15 more steps (60 more output rows or columns for H or W); a vectorized
+# function runs the same lines whatever the size (its loops, over the k x k taps, do not depend on the input),
+# give or take a few lines of size-dependent branches: LINE_SLACK.
+VECTORIZED_BASE = (1, 1, 8, 8)
+VECTORIZED_GROWTH = 16
+LINE_SLACK = 8
+_AXES = (("N", "the images (N)"), ("C", "the channels (C)"), ("H", "the rows (H)"), ("W", "the columns (W)"))
+
+
+def _shape_text(shape):
+    return " x ".join(str(n) for n in shape)
+
+
+def _vectorized_extra(fn, watched):
     rng = _rng(9)
-    small = rng.standard_normal((1, 1, 8, 8))
-    large = rng.standard_normal((2, 3, 32, 32))
-    n_small = count_python_lines(fn, small, 3, 2, 1)
-    n_large = count_python_lines(fn, large, 3, 2, 1)
-    if n_large > 2 * n_small + 20:
-        return ("the function is correct but not vectorized: it ran {} lines of your Python for a 1x1x8x8 input "
-                "and {} for a 2x3x32x32 one, so it loops over the data.".format(n_small, n_large),
-                "loop only over the kernel_size x kernel_size taps of the window: for tap (a, b) the strided slice "
-                "xp[:, :, a:a + stride*(out_h - 1) + 1:stride, b:b + stride*(out_w - 1) + 1:stride] holds that tap "
-                "of every window at once; keep a running np.maximum over the taps.")
+    n_base = count_python_lines(watched, rng.standard_normal(VECTORIZED_BASE), 3, 2, 1)
+    for axis, (letter, words) in enumerate(_AXES):
+        shape = list(VECTORIZED_BASE)
+        shape[axis] *= VECTORIZED_GROWTH
+        n_grown = count_python_lines(watched, rng.standard_normal(shape), 3, 2, 1)
+        if n_grown > n_base + LINE_SLACK:
+            return (f"it is not vectorized: it ran {n_base} lines of your Python for a {_shape_text(VECTORIZED_BASE)} "
+                    f"input and {n_grown} for a {_shape_text(shape)} one ({letter} {VECTORIZED_GROWTH} times larger), "
+                    f"so it loops in Python over {words}, or over the windows along that axis.",
+                    "loop only over the kernel_size x kernel_size taps of the window: for tap (a, b) the strided "
+                    "slice xp[:, :, a:a + stride*(out_h - 1) + 1:stride, b:b + stride*(out_w - 1) + 1:stride] holds "
+                    "that tap of every window at once; keep a running np.maximum over the taps.")
     return None
 
 
@@ -1065,6 +1136,7 @@ MAX_POOL_VECTORIZED = Exercise(
     label="ex-ch07-vectorized-max",
     title="Max pooling without a loop over the data",
     params=("x", "kernel_size", "stride", "padding"),
+    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_max_forward_ref,
     cases=_forward_cases,
     result=_Array("the output"),
@@ -1091,10 +1163,10 @@ def _best_time(fn, args, repeat=3, budget=2.0):
     return best
 
 
-def _speed_extra(fn):
+def _speed_extra(fn, watched):
     x = _rng(10).standard_normal((4, 16, 64, 64))
     args = (x, 3, 2, 1)
-    fn(*args)  # warm up
+    watched(*args)  # warm up, watching for pooling_lib calls; the timed calls are not watched
     student = _best_time(fn, args)
     numpy_tier = _best_time(lambda *a: F.max_pool2d(*a, backend="numpy"), args, repeat=5)
     if student > SPEED_FACTOR * numpy_tier:
@@ -1120,6 +1192,7 @@ MAX_POOL_CYTHON = Exercise(
     label="ex-ch08-cython-max",
     title="A Cython max pooling kernel",
     params=("x", "kernel_size", "stride", "padding"),
+    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_max_forward_ref,
     cases=lambda: _forward_cases(contiguous=True),
     result=_Array("the output"),

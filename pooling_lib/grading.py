@@ -12,8 +12,11 @@ notebook displays, and whose message names the FIRST failing case in plain words
 the actual result, and a hint naming the likely mistake. The hint comes from a diagnosis: the grader also runs
 known-wrong versions of the function (zero padding, ``=`` instead of ``+=``, the gradient sent to every tied
 maximum, stride confused with kernel size, no floor, dividing by k*k, float64 output for float32 input, ...)
-and says which one the student's answer matches. A function that still raises ``NotImplementedError`` is
-reported as "not implemented yet".
+and says which one the student's answer matches. A function that still raises ``NotImplementedError`` on every
+case is reported as "not implemented yet" (a case that raises it alone just fails). A function that calls
+``pooling_lib``'s own pooling code (where the exercise is to write it) or the grader's references, in any case,
+earns no credit, and so does one that gives every right answer but misses the exercise's extra requirement (no
+loop over the data, a compiled and fast kernel).
 
 Teachers grade a folder of submissions with::
 
@@ -26,9 +29,13 @@ and a total. The exit status is 0 only when every check of every notebook passed
 How the grader reads results back: after the notebook's own cells it runs one extra cell that calls
 :func:`_report` with a fresh random token; the report is one ``display_data`` output of the private MIME type
 ``application/vnd.pooling-lib.grading+json`` carrying that token. Nothing a student prints can be mistaken
-for it, and a check cell the student deleted or edited does not matter: the grader runs the checks itself.
+for it, and a check cell the student deleted or edited does not matter: the grader runs the checks itself, after
+reloading this module and :mod:`pooling_lib._grading_cases` (which undoes a replaced ``run_check``). The checks
+still run in the student's kernel, after the student's code: a notebook that sets out to tamper with NumPy,
+``pooling_lib`` or IPython can change its grade, which only reading the notebook (or a sandbox) rules out.
 Which exercises a notebook holds is read from its metadata (``pooling_homework.exercises``, written by
-``tools/make_homework.py``), from the ``check_<name>(`` calls in its cells, and from an ``exNN`` in its name.
+``tools/make_homework.py``) and from the ``check_<name>(`` calls in its cells; only when neither names one, from
+an ``exNN`` in its file name.
 """
 from __future__ import annotations
 
@@ -45,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ._grading_cases import EXERCISES, _tolerance, library_calls
+from ._grading_cases import EXERCISES, GRADER_MODULE, _tolerance, call_watched, forbidden_calls
 
 __all__ = [
     "CheckResult",
@@ -87,8 +94,9 @@ class CheckResult:
     status : str
         ``"passed"``, ``"failed"`` or ``"not implemented yet"``.
     score, points : float
-        Points earned and available: full points when every case passes, otherwise the fraction of cases passed
-        (rounded to 0.01), zero when not implemented.
+        Points earned and available: full points when every check passes, otherwise the fraction of checks passed
+        (rounded to 0.01); zero when not implemented, when the function calls code it must not, or when it
+        misses the exercise's extra requirement.
     message : str
         Plain words: for a failure, the first failing case, expected and actual result, and a hint.
     cases_passed, cases_total : int
@@ -342,9 +350,37 @@ def _failure_text(ex, index, case, n_cases, got=None, expected=None, mismatch=No
     return "\n".join(lines)
 
 
+HINT_NOT_IMPLEMENTED_CASE = ("your function raises NotImplementedError for this case, so the case counts as "
+                             "failed: the exercise asks for every case the statement describes.")
+HINT_OWN_CODE = ("the exercise is to write it yourself with NumPy (the check compares your answers with "
+                 "pooling_lib's).")
+HINT_GRADER_CODE = ("pooling_lib's public functions are fine in this exercise, but not the grader's own answers "
+                    "(pooling_lib._grading_cases): compute the result yourself.")
+
+
+def _calls_text(ex, used, all_right):
+    """The report for a function that calls code it must not: no credit, whatever its answers."""
+    start = "Every case gives the right answer, but your" if all_right else "Your"
+    grader = f"pooling_lib.{GRADER_MODULE}."
+    whose = "the grader's own code" if all(u.startswith(grader) for u in used) else "pooling_lib's own code"
+    if not ex.own_code:
+        hint = HINT_GRADER_CODE
+    elif ex.allowed:
+        hint = HINT_OWN_CODE + " Only pooling_lib.pool2d_output_size (it counts the windows) may be called."
+    else:
+        hint = HINT_OWN_CODE
+    return f"{start} function calls {whose} ({', '.join(used)}), so it earns no credit.\nhint: {hint}"
+
+
 def run_check(name, fn):
     """Run exercise ``name``'s battery on ``fn`` and return a :class:`CheckResult` (never raises on a wrong
-    answer or an exception inside ``fn``)."""
+    answer or an exception inside ``fn``).
+
+    No credit (score 0) for a function that calls, in any case of the battery, pooling_lib's own pooling code
+    (when the exercise asks for the student's own code; ``Exercise.allowed`` lists the exceptions) or the
+    grader's references, nor for one that gives every right answer but fails the exercise's extra requirement.
+    "not implemented yet" when every case raises NotImplementedError; a case that raises it alone just fails.
+    """
     ex = EXERCISES[name]
     if not callable(fn):
         return CheckResult(name, "failed", 0.0, ex.points,
@@ -352,15 +388,17 @@ def run_check(name, fn):
     cases = ex.cases()
     n_total = len(cases) + int(ex.own_code) + int(ex.extra is not None)
     passed, first_failure, first_wrong, outcomes = 0, None, None, []  # first_failure: the report's text
+    called, not_implemented = set(), 0  # what fn called in the library (every case), cases raising NotImplemented
     for index, case in enumerate(cases):
         args = _copy_args(case.args)
         try:
             with np.errstate(all="ignore"):
-                got = fn(*args)
-        except NotImplementedError:
-            return CheckResult(name, NOT_IMPLEMENTED, 0.0, ex.points,
-                               f"{name} still raises NotImplementedError: replace that line with your code, "
-                               f"then run this check again.", 0, n_total)
+                got = call_watched(fn, args, called)
+        except NotImplementedError as exc:
+            not_implemented += 1
+            if first_failure is None and first_wrong is None:
+                first_failure = _failure_text(ex, index, case, len(cases), raised=exc, hint=HINT_NOT_IMPLEMENTED_CASE)
+            continue
         except Exception as exc:  # the student's bug, reported in words
             if first_failure is None and first_wrong is None:
                 hint = (ex.exception_hint(exc) if ex.exception_hint else None) or _exception_hint(exc)
@@ -382,32 +420,38 @@ def run_check(name, fn):
             continue
         if first_failure is None and first_wrong is None:
             first_wrong = (index, case, got, expected, mismatch)  # worded below, once every case has run
+    if cases and not_implemented == len(cases):
+        return CheckResult(name, NOT_IMPLEMENTED, 0.0, ex.points,
+                           f"{name} still raises NotImplementedError: replace that line with your code, "
+                           f"then run this check again.", 0, n_total)
+    used = forbidden_calls(ex, called)
+    if used:  # no credit: the answers are pooling_lib's (or the grader's), not the student's
+        all_right = first_failure is None and first_wrong is None
+        return CheckResult(name, "failed", 0.0, ex.points, _calls_text(ex, used, all_right), 0, n_total)
     if first_failure is None and first_wrong is not None:
         index, case, got, expected, mismatch = first_wrong
         hint = _diagnose(ex, first_wrong[1:], outcomes)
         first_failure = _failure_text(ex, index, case, len(cases), got, expected, mismatch, hint)
     if first_failure is None and ex.own_code:
-        try:
-            used = library_calls(fn, *_copy_args(cases[0].args))
-        except Exception as exc:
-            used = [f"(the call raised {type(exc).__name__})"]
-        if used:  # no credit: the answers are pooling_lib's, not the student's
-            passed = 0
-            first_failure = (f"Every case gives the right answer, but your function calls pooling_lib's own code "
-                             f"({', '.join(used)}).\nhint: the exercise is to write it yourself with NumPy (the "
-                             f"check compares your answers with pooling_lib's).")
-        else:
-            passed += 1
+        passed += 1  # every case ran without calling pooling_lib's pooling code
     if first_failure is None and ex.extra is not None:
+        def watched(*args):  # the extra's own inputs are watched too: no pooling_lib for large inputs only
+            return call_watched(fn, args, called)
+
         try:
-            problem = ex.extra(fn)
+            problem = ex.extra(fn, watched)
         except Exception as exc:
             problem = (f"the extra check raised {type(exc).__name__}: {exc}", "")
+        used = forbidden_calls(ex, called)
+        if used:
+            return CheckResult(name, "failed", 0.0, ex.points, _calls_text(ex, used, True), 0, n_total)
         if problem is None:
             passed += 1
-        else:
+        else:  # no credit: the requirement is the point of the exercise, as much as the answers
             what, hint = problem
-            first_failure = f"Every case gives the right answer, but {what}" + (f"\nhint: {hint}" if hint else "")
+            passed = 0
+            first_failure = (f"Every case gives the right answer, but {what}\nThe exercise asks for that too, so "
+                             f"it earns no credit." + (f"\nhint: {hint}" if hint else ""))
     if first_failure is None:
         return CheckResult(name, "passed", ex.points, ex.points, "", passed, n_total)
     score = round(ex.points * passed / n_total, 2)
@@ -491,17 +535,19 @@ class NotebookGrade:
 
 
 _CHECK_CALL = re.compile(r"\bcheck_([A-Za-z0-9_]+)\s*\(")
-_CHAPTER = re.compile(r"(?:^|[^0-9])ex(\d\d)(?:[^0-9]|$)")
+_CHAPTER = re.compile(r"(?:^|[^0-9A-Za-z])ex(\d\d)(?:[^0-9]|$)")  # "ex06_x", "bob_ex06"; not "alex09"
 
 
 def notebook_exercises(nb, path=""):
-    """The exercises a notebook holds, in book order: from its metadata, its check calls and its file name."""
+    """The exercises a notebook holds, in book order: from its metadata and its check calls; only when neither
+    names one, from an ``exNN`` in its file name (a student edition whose metadata and check cells were lost)."""
     found = set(nb.get("metadata", {}).get("pooling_homework", {}).get("exercises", []))
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code":
             found.update(m for m in _CHECK_CALL.findall(_source(cell)) if m in EXERCISES)
+    found &= set(EXERCISES)
     match = _CHAPTER.search(os.path.basename(str(path)))
-    if match:
+    if not found and match:
         found.update(exercises_for_chapter(int(match.group(1))))
     return [name for name in EXERCISES if name in found]
 
@@ -509,6 +555,19 @@ def notebook_exercises(nb, path=""):
 def _source(cell):
     src = cell.get("source", "")
     return "".join(src) if isinstance(src, list) else src
+
+
+# The grader's last cell. It reloads the grading modules first, so that a notebook that replaced run_check, _report
+# or an exercise's cases (pooling_lib.grading.run_check = ...) is graded by the real ones. That is all it undoes: the
+# checks run in the student's kernel, after the student's code, and code that tampers with NumPy, pooling_lib itself
+# or IPython can still change a grade (see book/exercises/index.md).
+_REPORT_CELL = """\
+import importlib as _pooling_importlib
+import pooling_lib._grading_cases as _pooling_cases
+import pooling_lib.grading as _pooling_grading
+_pooling_importlib.reload(_pooling_cases)
+_pooling_grading = _pooling_importlib.reload(_pooling_grading)
+_pooling_grading._report({names!r}, globals(), {token!r})"""
 
 
 def grade_notebook(path, timeout=600, kernel_name="python3"):
@@ -534,9 +593,7 @@ def grade_notebook(path, timeout=600, kernel_name="python3"):
         grade.error = "no homework exercise found in this notebook"
         return grade
     token = secrets.token_hex(16)
-    nb.cells.append(nbformat.v4.new_code_cell(
-        f"import pooling_lib.grading as _pooling_grading\n"
-        f"_pooling_grading._report({names!r}, globals(), {token!r})"))
+    nb.cells.append(nbformat.v4.new_code_cell(_REPORT_CELL.format(names=names, token=token)))
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, allow_errors=True,
                             resources={"metadata": {"path": os.path.dirname(os.path.abspath(str(path)))}})
     try:

@@ -68,12 +68,13 @@ def test_the_books_solution_passes(name):
 
 def test_the_cython_check_wants_a_fast_compiled_kernel():
     # The vectorized solution is correct and about as fast as pooling_lib's NumPy tier: it passes the speed limit
-    # (so the limit is reachable), and only then fails because it is not compiled. The compiled solution
-    # passing is checked by executing the exercise notebook (nbval and the grading command).
+    # (so the limit is reachable), and only then fails because it is not compiled, with no credit: a compiled
+    # kernel is the exercise. The compiled solution passing is checked by executing the exercise notebook (nbval
+    # and the grading command).
     result = grading.check_max_pool_cython(SOLUTIONS["max_pool_vectorized"])
-    assert result.status == "failed"
-    assert result.cases_passed == result.cases_total - 1
-    assert "not one compiled by Cython" in result.message
+    assert result.status == "failed" and result.score == 0.0
+    assert result.message.startswith("Every case gives the right answer, but")
+    assert "not one compiled by Cython" in result.message and "earns no credit" in result.message
     assert cases.is_compiled_with_cython(np.add.reduce) is False
 
 
@@ -159,10 +160,12 @@ def test_calling_pooling_lib_is_not_writing_it():
 
 
 def test_a_correct_loop_is_not_vectorized():
+    # ex03's loops submitted for ex07: every answer is right, but the loop over the data is what ex07 forbids, so
+    # it earns nothing (not 10 checks of 11)
     result = grading.check_max_pool_vectorized(SOLUTIONS["max_pool_forward"])  # loops over the windows
-    assert result.status == "failed"
-    assert result.cases_passed == result.cases_total - 1
-    assert "not vectorized" in result.message
+    assert result.status == "failed" and result.score == 0.0
+    assert "not vectorized" in result.message and "loops in Python over the rows (H)" in result.message
+    assert "earns no credit" in result.message
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -427,8 +430,7 @@ def test_float64_output_for_float32_input_is_named(name):
 
 def test_a_cython_kernel_with_python_calls_per_window_is_too_slow():
     result = grading.check_max_pool_cython(cython_slow_per_window)
-    assert result.status == "failed"
-    assert result.cases_passed == result.cases_total - 1  # every answer right; the speed check fails
+    assert result.status == "failed" and result.score == 0.0  # every answer right; the speed check fails
     assert "correct but slow" in result.message and "np.max" in _hint(result)
 
 
@@ -519,3 +521,283 @@ def test_pooling_lib_and_the_checks_import_without_jupyter():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "failed"  # right values, but ceil_mode ignored: the check itself ran
+
+
+# ---------------------------------------------------------------------------------------------------------
+# No credit for pooling_lib's answers, in any case; the output-size helper is allowed
+# ---------------------------------------------------------------------------------------------------------
+def _sol(name):
+    return SOLUTIONS[name]
+
+
+# pooling_lib where the padding is not 0, the student's own code where it is: the battery's first case has no
+# padding, so only a check that watches every case sees the library.
+LIBRARY_SOMETIMES = {
+    "max_pool_forward": lambda x, k, s, p: pooling_lib.max_pool2d(x, k, s, p) if p else _sol("max_pool_forward")(
+        x, k, s, p),
+    "min_pool_forward": lambda x, k, s, p: pooling_lib.min_pool2d(x, k, s, p, return_indices=True) if p else
+    _sol("min_pool_forward")(x, k, s, p),
+    "max_pool_backward": lambda g, x, k, s, p: pooling_lib.max_pool2d_backward(g, x, k, s, p) if p else
+    _sol("max_pool_backward")(g, x, k, s, p),
+    "avg_pool_backward": lambda g, x, k, s, p, cip: pooling_lib.avg_pool2d_backward(
+        g, x, k, s, p, count_include_pad=cip) if p else _sol("avg_pool_backward")(g, x, k, s, p, cip),
+    "max_pool_vectorized": lambda x, k, s, p: pooling_lib.max_pool2d(x, k, s, p) if p else
+    _sol("max_pool_vectorized")(x, k, s, p),
+}
+
+
+@pytest.mark.parametrize("name", list(LIBRARY_SOMETIMES))
+def test_calling_pooling_lib_in_some_cases_only_earns_nothing(name):
+    assert EXERCISES[name].cases()[0].args[-1 if name != "avg_pool_backward" else -2] == 0  # the first: no padding
+    result = run_check(name, LIBRARY_SOMETIMES[name])
+    assert result.status == "failed" and result.score == 0.0, str(result)
+    assert "calls pooling_lib's own code (pooling_lib.functional." in result.message
+    assert "earns no credit" in result.message
+
+
+def test_calling_pooling_lib_with_some_wrong_answers_earns_nothing():
+    # float64 for every input: the float64 cases pass, the float32 ones fail; the answers are still pooling_lib's
+    result = grading.check_max_pool_forward(lambda x, k, s, p: pooling_lib.max_pool2d(x, k, s, p).astype(np.float64))
+    assert result.status == "failed" and result.score == 0.0
+    assert result.message.startswith("Your function calls pooling_lib's own code (pooling_lib.functional.max_pool2d)")
+
+
+def test_calling_pooling_lib_for_the_large_inputs_of_the_vectorization_check_earns_nothing():
+    def max_pool_vectorized(x, kernel_size, stride, padding):
+        if x.shape[0] >= 16:  # larger than any case of the battery
+            return pooling_lib.max_pool2d(x, kernel_size, stride, padding)
+        return SOLUTIONS["max_pool_vectorized"](x, kernel_size, stride, padding)
+
+    result = grading.check_max_pool_vectorized(max_pool_vectorized)
+    assert result.status == "failed" and result.score == 0.0
+    assert "pooling_lib.functional.max_pool2d" in result.message
+
+
+def _loop_with_output_size(x, kernel_size, stride, padding):
+    out_h, out_w = pooling_lib.pool2d_output_size(x.shape[2:], kernel_size, stride, padding)
+    out = _sol("max_pool_forward")(x, kernel_size, stride, padding)
+    assert out.shape[2:] == (out_h, out_w)
+    return out
+
+
+def _vectorized_with_geometry(x, kernel_size, stride, padding):
+    from pooling_lib.params import pool_geometry
+
+    assert pool_geometry(x, kernel_size, stride, padding).out_shape[2:] == \
+        pooling_lib.pool2d_output_size(x.shape[2:], kernel_size, stride, padding)
+    return _sol("max_pool_vectorized")(x, kernel_size, stride, padding)
+
+
+def _backward_with_output_size(grad_out, x, kernel_size, stride, padding):
+    assert pooling_lib.pool2d_output_size(x.shape[2:], kernel_size, stride, padding) == grad_out.shape[2:]
+    return _sol("max_pool_backward")(grad_out, x, kernel_size, stride, padding)
+
+
+def _avg_backward_with_output_size(grad_out, x, kernel_size, stride, padding, count_include_pad):
+    assert pooling_lib.pool2d_output_size(x.shape[2:], kernel_size, stride, padding) == grad_out.shape[2:]
+    return _sol("avg_pool_backward")(grad_out, x, kernel_size, stride, padding, count_include_pad)
+
+
+@pytest.mark.parametrize("name, fn", [("max_pool_forward", _loop_with_output_size),
+                                      ("max_pool_vectorized", _vectorized_with_geometry),
+                                      ("max_pool_backward", _backward_with_output_size),
+                                      ("avg_pool_backward", _avg_backward_with_output_size)])
+def test_the_output_size_helper_is_allowed(name, fn):
+    result = run_check(name, fn)
+    assert result.passed, str(result)
+    assert result.score == 1.0
+
+
+def test_the_output_size_helper_is_the_answer_of_the_output_size_exercise():
+    def output_size(length, kernel_size, stride, padding=0, dilation=1, ceil_mode=False):
+        return pooling_lib.pool2d_output_size(length, kernel_size, stride, padding, dilation, ceil_mode)
+
+    result = grading.check_output_size(output_size)
+    assert result.status == "failed" and result.score == 0.0
+    assert "pooling_lib.params.pool2d_output_size" in result.message
+    assert "pool2d_output_size (it counts the windows) may be called" not in result.message
+
+
+def test_the_rest_of_params_is_not_allowed():
+    from pooling_lib.params import avg_divisors, pool_geometry
+
+    def avg_pool_backward(grad_out, x, kernel_size, stride, padding, count_include_pad):
+        divisors = avg_divisors(pool_geometry(x, kernel_size, stride, padding), count_include_pad)  # ex05's point
+        grad_x = np.zeros_like(x)
+        for i in range(grad_out.shape[2]):
+            for j in range(grad_out.shape[3]):
+                top, left = i * stride - padding, j * stride - padding
+                rows = slice(max(top, 0), min(top + kernel_size, x.shape[2]))
+                cols = slice(max(left, 0), min(left + kernel_size, x.shape[3]))
+                grad_x[:, :, rows, cols] += (grad_out[:, :, i, j] / divisors[i, j])[:, :, None, None]
+        return grad_x
+
+    result = grading.check_avg_pool_backward(avg_pool_backward)
+    assert result.status == "failed" and result.score == 0.0
+    assert "(pooling_lib.params.avg_divisors)" in result.message  # pool_geometry is allowed, avg_divisors not
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The grader's own answers are not the student's
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_the_graders_reference_earns_nothing(name):
+    result = run_check(name, EXERCISES[name].reference)
+    assert result.status == "failed" and result.score == 0.0, str(result)
+    assert "calls the grader's own code (pooling_lib._grading_cases." in result.message
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("max_pool_forward", lambda x, k, s, p: cases._extremum(x, k, s, p)[0]),
+    ("avg_pool_backward", cases._avg_backward_loops),
+    ("adaptive_avg_pool2d", cases.adaptive_avg_pool2d_reference),
+    ("max_pool_backward", lambda g, x, k, s, p: cases._max_backward_variant()(g, x, k, s, p)),
+    ("memory_bound", lambda *args: cases._memory_bound(*args)),  # pooling_lib is fine here, the grader is not
+])
+def test_the_graders_private_loops_earn_nothing(name, fn):
+    result = run_check(name, fn)
+    assert result.status == "failed" and result.score == 0.0, str(result)
+    assert "pooling_lib._grading_cases." in result.message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# No Python loop over any one of N, C, H, W
+# ---------------------------------------------------------------------------------------------------------
+from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
+
+
+def vectorized_but_a_loop_over_rows(x, kernel_size, stride, padding):
+    k, s, p = kernel_size, stride, padding
+    N, C, H, W = x.shape
+    out_h, out_w = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
+    out = np.empty((N, C, out_h, out_w), dtype=x.dtype)
+    for i in range(out_h):  # the output rows, one line each
+        out[:, :, i, :] = sliding_window_view(xp[:, :, i * s:i * s + k, :], k, axis=3)[:, :, :, ::s][
+            :, :, :, :out_w].max(axis=(2, 4))
+    return out
+
+
+def vectorized_but_a_loop_over_planes(x, kernel_size, stride, padding):
+    k, s, p = kernel_size, stride, padding
+    N, C, H, W = x.shape
+    out_h, out_w = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
+    out = np.empty((N, C, out_h, out_w), dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            out[n, c] = sliding_window_view(xp[n, c], (k, k))[::s, ::s][:out_h, :out_w].max(axis=(2, 3))
+    return out
+
+
+def vectorized_but_a_loop_over_channels(x, kernel_size, stride, padding):
+    return np.stack([SOLUTIONS["max_pool_vectorized"](x[:, c:c + 1], kernel_size, stride, padding)[:, 0]
+                     for c in range(x.shape[1])], axis=1)
+
+
+def vectorized_without_any_loop(x, kernel_size, stride, padding):
+    k, s, p = kernel_size, stride, padding
+    H, W = x.shape[2:]
+    out_h, out_w = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
+    return sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s][:, :, :out_h, :out_w].max(axis=(4, 5))
+
+
+def vectorized_with_taps_and_branches(x, kernel_size, stride, padding):
+    N, C, H, W = x.shape
+    if N * C == 1:  # a size-dependent branch or two is not a loop over the data
+        x = x.copy()
+    out_h = (H + 2 * padding - kernel_size) // stride + 1
+    out_w = (W + 2 * padding - kernel_size) // stride + 1
+    if H != W:
+        pass
+    xp = np.full((N, C, H + 2 * padding, W + 2 * padding), -np.inf, dtype=x.dtype)
+    xp[:, :, padding:padding + H, padding:padding + W] = x
+    out = None
+    for a in range(kernel_size):  # the k x k taps: allowed
+        for b in range(kernel_size):
+            rows = slice(a, a + stride * (out_h - 1) + 1, stride)
+            cols = slice(b, b + stride * (out_w - 1) + 1, stride)
+            tap = xp[:, :, rows, cols]
+            out = tap.copy() if out is None else np.maximum(out, tap)
+    return out
+
+
+@pytest.mark.parametrize("fn, axis", [(vectorized_but_a_loop_over_rows, "the rows (H)"),
+                                      (vectorized_but_a_loop_over_planes, "the images (N)"),
+                                      (vectorized_but_a_loop_over_channels, "the channels (C)")])
+def test_a_loop_over_one_axis_is_not_vectorized(fn, axis):
+    result = grading.check_max_pool_vectorized(fn)
+    assert result.status == "failed" and result.score == 0.0, str(result)
+    assert result.message.startswith("Every case gives the right answer, but it is not vectorized")
+    assert f"loops in Python over {axis}" in result.message
+
+
+@pytest.mark.parametrize("fn", [vectorized_without_any_loop, vectorized_with_taps_and_branches])
+def test_a_vectorized_function_passes(fn):
+    result = grading.check_max_pool_vectorized(fn)
+    assert result.passed, str(result)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# NotImplementedError for some cases only; float32 fractions; the ceil_mode drop rule; case labels; file names
+# ---------------------------------------------------------------------------------------------------------
+def test_not_implemented_for_some_cases_is_a_partial_failure():
+    def output_size(length, kernel_size, stride, padding=0, dilation=1, ceil_mode=False):
+        if ceil_mode:
+            raise NotImplementedError("ceil_mode not supported")
+        return (length + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+    result = grading.check_output_size(output_size)
+    assert result.status == "failed"
+    assert result.cases_passed == 9 and result.cases_total == 14 and 0 < result.score < 1
+    assert "First failing case (10 of 13): ceil_mode keeps a partial last window" in result.message
+    assert "it raised NotImplementedError: ceil_mode not supported" in result.message
+    assert "raises NotImplementedError for this case" in _hint(result)
+
+
+def test_a_float32_fraction_is_right():
+    def shift_agreement32(x, kernel_size, shift):
+        a = pooling_lib.max_pool2d(x, kernel_size)
+        b = pooling_lib.max_pool2d(np.roll(x, shift, axis=-1), kernel_size)
+        return np.mean((a == b).astype(np.float32))  # np.float32(0.43333334) for 13/30
+
+    assert isinstance(shift_agreement32(*EXERCISES["shift_agreement"].cases()[4].args), np.float32)
+    assert grading.check_shift_agreement(shift_agreement32).passed
+    wrong = grading.check_shift_agreement(lambda x, k, s: np.float32(shift_agreement32(x, k, s) + 1 / 90))
+    assert wrong.status == "failed" and "the fraction is wrong" in wrong.message
+
+
+def output_size_ceil_drop_without_padding(length, kernel_size, stride, padding=0, dilation=1, ceil_mode=False):
+    span = length + 2 * padding - dilation * (kernel_size - 1) - 1
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= length:  # the padding forgotten: the right padding begins at length + padding
+        out -= 1
+    return out
+
+
+def test_the_ceil_mode_drop_rule_without_the_padding_is_named():
+    result = grading.check_output_size(output_size_ceil_drop_without_padding)
+    assert result.status == "failed"
+    assert "ignored ceil_mode" not in _hint(result)
+    assert "(out - 1) * stride >= length + padding" in _hint(result), str(result)
+
+
+def test_the_adaptive_labels_describe_their_windows():
+    label = next(c.label for c in EXERCISES["adaptive_avg_pool2d"].cases() if c.label.startswith("5x5 to 3x3"))
+    assert cases._adaptive_bounds(5, 3) == [(0, 2), (1, 4), (3, 5)]
+    assert "windows of 2, 3 and 2 cells" in label and "overlap by one" not in label
+
+
+def test_the_file_name_counts_only_when_nothing_else_names_an_exercise():
+    by_call = {"metadata": {}, "cells": [{"cell_type": "code", "source": "check_output_size(output_size)"}]}
+    assert grading.notebook_exercises(by_call, "ex09_memory.ipynb") == ["output_size"]
+    by_metadata = {"metadata": {"pooling_homework": {"exercises": ["output_size"]}}, "cells": []}
+    assert grading.notebook_exercises(by_metadata, "bob_ex06.ipynb") == ["output_size"]
+    nothing = {"metadata": {}, "cells": []}
+    assert grading.notebook_exercises(nothing, "bob_ex06.ipynb") == \
+        ["global_max_pool_backward", "adaptive_avg_pool2d"]
+    assert grading.notebook_exercises(nothing, "alex09.ipynb") == []  # "ex09" inside a word is no chapter
+    assert grading.notebook_exercises(by_call, "alex09.ipynb") == ["output_size"]

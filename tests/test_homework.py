@@ -96,6 +96,28 @@ def test_a_source_notebook_is_stored_with_passing_checks(name):
         assert report == f"{exercise}: PASSED (all {total} checks passed), score 1/1"
 
 
+# The pooling parameters' symbols (book/notation.md), and how a statement may define them: with the argument's name,
+# or in words.
+SYMBOLS = {"k": ("$k$ = `kernel_size`", "a pooling window of $k$ taps"),
+           "s": ("$s$ = `stride`", "stride $s$", "in steps of $s$ (the stride)"),
+           "p": ("$p$ = `padding`", "padding $p$", "padded with $p$ cells")}
+_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$", re.S)
+
+
+@pytest.mark.parametrize("name", SOURCE_NAMES)
+def test_a_statement_defines_the_symbols_it_uses(name):
+    statements = [c.source for c in _read(SOURCE_DIR / name).cells
+                  if c.cell_type == "markdown" and "{exercise}" in c.source]
+    assert statements
+    for text in statements:
+        math = " ".join(a or b for a, b in _MATH.findall(text))
+        math = re.sub(r"\\[A-Za-z]+(\{[^}]*\})?", " ", math)  # \lfloor, \text{out}: no symbols inside
+        for symbol, definitions in SYMBOLS.items():
+            if re.search(rf"(?<![A-Za-z]){symbol}(?![A-Za-z])", math):
+                assert any(d in " ".join(text.split()) for d in definitions), \
+                    f"{name}: a statement uses ${symbol}$ without defining it ({definitions[0]})"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The student edition
 # ---------------------------------------------------------------------------------------------------------
@@ -339,3 +361,29 @@ def test_notebooks_that_cannot_be_graded(tmp_path):
     assert "cannot read the notebook" in stdout
     assert "no homework exercise found" in stdout
     assert "ran longer than 3 s" in stdout
+
+
+TAMPER_RUN_CHECK = ("import pooling_lib.grading as g\n"
+                    "g.run_check = lambda name, fn: g.CheckResult(name, 'passed', 1.0, 1.0, '', 1, 1)\n"
+                    "g.EXERCISES['output_size'].cases = lambda: []")
+TAMPER_REPORT = ("import pooling_lib.grading as g\n"
+                 "from IPython.display import display\n"
+                 "def fake(names, namespace, token):\n"
+                 "    results = [g.CheckResult(n, 'passed', 1.0, 1.0, '', 1, 1).to_dict() for n in names]\n"
+                 "    display({g.MIME_TYPE: {'token': token, 'results': results}}, raw=True)\n"
+                 "g._report = fake")
+
+
+def test_replacing_the_checks_in_the_kernel_does_not_pass(tmp_path):
+    # The checks run in the student's kernel (see book/exercises/index.md: the grader is no sandbox), but the
+    # grader reloads its modules before checking, so a notebook that replaced run_check, an exercise's cases or
+    # _report is graded by the real ones.
+    notebooks = [_filled("ex02_windows_and_output_sizes.ipynb", "    raise NotImplementedError()", tmp_path, name,
+                         extra_cells=[tamper]) for name, tamper in (("run_check.ipynb", TAMPER_RUN_CHECK),
+                                                                    ("report.ipynb", TAMPER_REPORT))]
+    code, stdout = _grade("--json", "-", *notebooks)
+    assert code == 1, stdout
+    grades = _json_results(stdout)
+    for path in notebooks:
+        assert [(r["exercise"], r["status"]) for r in grades[path.name]["results"]] == \
+            [("output_size", "not implemented yet")]

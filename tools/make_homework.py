@@ -263,7 +263,8 @@ do not edit them here, edit the sources and regenerate.
 Open a notebook, read the chapter it names, and in each exercise replace `raise NotImplementedError()` with your
 code. Run the check cell under the exercise: it calls your function on a battery of small cases and, if one
 fails, shows the input, the expected and the actual result, and a hint naming the likely mistake. A function
-that still raises `NotImplementedError` is reported as "not implemented yet".
+that still raises `NotImplementedError` on every case is reported as "not implemented yet"; one that raises it on
+some cases only earns the share of the cases it gets right.
 
 ## Teachers
 
@@ -276,7 +277,8 @@ python -m pooling_lib.grading --json grades.json submissions/*.ipynb   # also a 
 
 Each notebook is executed from top to bottom in a fresh kernel, then every exercise's check is run again by the
 grader on the functions the notebook defined. The command prints a score per exercise and a total, and exits
-with status 0 only when every check passed (1 when one failed, 2 when a notebook could not be run).
+with status 0 only when every check passed (1 when one failed, 2 when a notebook could not be run). The grader
+is not a sandbox: a notebook's code runs in the kernel the checks run in (see `book/exercises/index.md`).
 """
 
 
