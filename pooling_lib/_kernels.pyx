@@ -2888,6 +2888,21 @@ cdef inline void _add_layers(floating* g0, const floating* layer, Py_ssize_t lay
             g0[b] = g0[b] + row[b]
 
 
+cdef inline void _sum_layers(floating* out, const floating* layer, Py_ssize_t layers, Py_ssize_t W) noexcept nogil:
+    """``out = ((0 + layer 0) + layer 1) + ...``: the spread row, each cell's shares summed from 0 in window order."""
+    cdef Py_ssize_t b
+    cdef const floating* row1
+    cdef floating zero = 0
+    if layers == 2:
+        row1 = layer + W
+        for b in range(W):
+            out[b] = (zero + layer[b]) + row1[b]
+        return
+    for b in range(W):
+        out[b] = zero + layer[b]
+    _add_layers(out, layer + W, layers - 1, W)
+
+
 cdef inline void _avg_3x3(floating* op, const floating* r0, const floating* dv, Py_ssize_t W, Py_ssize_t jl,
                           Py_ssize_t jh, Py_ssize_t S, Py_ssize_t off) noexcept nogil:
     """Averages of 3x3 stride-S windows whose nine taps are all real (rows r0, r0 + W, r0 + 2W): each sum is
@@ -3154,12 +3169,12 @@ cdef void _avg_backward_nchw(const floating* grad_out, floating* grad_x, const f
                 # the row's windows spread across the columns once (0 + each share in window order), and that row is
                 # added to each of their kh rows that no earlier window row has touched; a row that one has touched
                 # gets the shares one at a time, layer by layer, as PyTorch adds them, so that it rounds the same way
-                memset(spread, 0, W * sizeof(floating))
                 if layers:
                     memset(layer, 0, layers * W * sizeof(floating))
                     _layer_rows(layer, share, out_w, kw, sw, pw, W)
-                    _add_layers(spread, layer, layers, W)
+                    _sum_layers(spread, layer, layers, W)
                 else:
+                    memset(spread, 0, W * sizeof(floating))
                     _spread_row(spread, share, out_w, kw, sw, pw, W)
                 for a in range(a_lo, a_hi):
                     g0 = out + (h0 + a) * W
