@@ -105,7 +105,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     Parameters
     ----------
     x : ndarray of shape (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``
-        float32 and float64 keep their dtype; other real dtypes are converted to float64.
+        float32 and float64 keep their dtype; other real dtypes are converted to float64 (PyTorch keeps an integer
+        or float16 dtype; the conversion is exact for integers of magnitude up to 2**53).
     kernel_size : int or (int, int)
         Window height and width ``k``.
     stride : int or (int, int) or None
