@@ -63,6 +63,16 @@ class Mismatch:
     component: int = 0  # for tuple results: which part differs
 
 
+# pooling_lib's argument helpers: they count the windows and check the arguments, but pool nothing. Every exercise
+# that must be written without pooling_lib allows them (chapter 2 teaches pool2d_output_size as the library's
+# helper, chapter 8's wrapper calls pool_geometry), except the output-size exercise, whose answer they are.
+# The rest of pooling_lib.params stays forbidden: avg_divisors is the average pooling exercise's divisor,
+# first_real_tap a window's first real cell, and the others are plumbing no exercise needs.
+GEOMETRY_HELPERS = ("pooling_lib.params.pool2d_output_size", "pooling_lib.params.pool_geometry",
+                    "pooling_lib.params.PoolGeometry.out_shape",
+                    "pooling_lib.params.out_shape")  # the same property, named by co_name before Python 3.11
+
+
 @dataclass
 class Exercise:
     """Everything the grader needs to check one exercise."""
@@ -80,7 +90,7 @@ class Exercise:
     extra: Callable | None = None  # (fn, watched) -> None when fine, else (what went wrong, hint); watched(*args)
     # calls fn while watching for pooling_lib calls (use it for every call but timed ones)
     own_code: bool = True  # the student must not call pooling_lib's pooling functions
-    allowed: tuple = ()  # pooling_lib functions a student may call all the same (see GEOMETRY_HELPERS)
+    allowed: tuple = GEOMETRY_HELPERS  # pooling_lib functions a student may call all the same (own_code only)
     exception_hint: Callable | None = None  # (exception) -> hint or None, for errors typical of the exercise
     points: float = 1.0
 
@@ -324,15 +334,6 @@ def _global_avg_backward(grad_out, x):
 # ---------------------------------------------------------------------------------------------------------
 _POOLING_MODULES = ("functional", "naive", "numpy_tier", "cython_tier", "params", "layers")
 GRADER_MODULE = "_grading_cases"  # this module: the references and known-wrong variants are answers too
-
-# pooling_lib's argument helpers: they count the windows and check the arguments, but pool nothing. Every exercise
-# that must be written without pooling_lib allows them (chapter 2 teaches pool2d_output_size as the library's
-# helper, chapter 8's wrapper calls pool_geometry), except the output-size exercise, whose answer they are.
-# The rest of pooling_lib.params stays forbidden: avg_divisors is the average pooling exercise's divisor,
-# first_real_tap a window's first real cell, and the others are plumbing no exercise needs.
-GEOMETRY_HELPERS = ("pooling_lib.params.pool2d_output_size", "pooling_lib.params.pool_geometry",
-                    "pooling_lib.params.PoolGeometry.out_shape",
-                    "pooling_lib.params.out_shape")  # the same property, named by co_name before Python 3.11
 
 
 def _watched_files():
@@ -662,7 +663,6 @@ MAX_POOL_FORWARD = Exercise(
     label="ex-ch03-max-pool-forward",
     title="Max pooling with loops, padding that never wins",
     params=("x", "kernel_size", "stride", "padding"),
-    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_max_forward_ref,
     cases=_forward_cases,
     result=_Array("the output"),
@@ -714,7 +714,6 @@ MIN_POOL_FORWARD = Exercise(
     label="ex-ch03-min-pool-forward",
     title="Min pooling and the index of each winner",
     params=("x", "kernel_size", "stride", "padding"),
-    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_min_forward_ref,
     cases=_min_cases,
     result=_Tuple(_Array("out"), _Array("indices")),
@@ -803,7 +802,6 @@ MAX_POOL_BACKWARD = Exercise(
     label="ex-ch04-max-pool-backward",
     title="Max pooling backward with ties and overlapping windows",
     params=("grad_out", "x", "kernel_size", "stride", "padding"),
-    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_max_backward_ref,
     cases=_backward_cases,
     result=_Array("grad_x"),
@@ -891,7 +889,6 @@ AVG_POOL_BACKWARD = Exercise(
     label="ex-ch05-avg-pool-backward",
     title="Average pooling backward, with and without counting the padding",
     params=("grad_out", "x", "kernel_size", "stride", "padding", "count_include_pad"),
-    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_avg_backward_ref,
     cases=_avg_cases,
     result=_Array("grad_x", exact=False),
@@ -969,7 +966,6 @@ GLOBAL_MAX_POOL_BACKWARD = Exercise(
     label="ex-ch06-global-max-backward",
     title="Global max pooling backward",
     params=("grad_out", "x"),
-    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_global_max_backward_ref,
     cases=_global_cases,
     result=_Array("grad_x"),
@@ -1045,7 +1041,6 @@ ADAPTIVE_AVG_POOL2D = Exercise(
     label="ex-ch06-adaptive-avg",
     title="Adaptive average pooling",
     params=("x", "output_size"),
-    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=adaptive_avg_pool2d_reference,
     cases=_adaptive_cases,
     result=_Array("the output", exact=False),
@@ -1136,7 +1131,6 @@ MAX_POOL_VECTORIZED = Exercise(
     label="ex-ch07-vectorized-max",
     title="Max pooling without a loop over the data",
     params=("x", "kernel_size", "stride", "padding"),
-    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_max_forward_ref,
     cases=_forward_cases,
     result=_Array("the output"),
@@ -1192,7 +1186,6 @@ MAX_POOL_CYTHON = Exercise(
     label="ex-ch08-cython-max",
     title="A Cython max pooling kernel",
     params=("x", "kernel_size", "stride", "padding"),
-    allowed=GEOMETRY_HELPERS,  # pool2d_output_size may count the windows
     reference=_max_forward_ref,
     cases=lambda: _forward_cases(contiguous=True),
     result=_Array("the output"),

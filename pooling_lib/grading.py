@@ -366,7 +366,8 @@ def _calls_text(ex, used, all_right):
     if not ex.own_code:
         hint = HINT_GRADER_CODE
     elif ex.allowed:
-        hint = HINT_OWN_CODE + " Only pooling_lib.pool2d_output_size (it counts the windows) may be called."
+        helpers = sorted({name.split(".")[-1] for name in ex.allowed} & {"pool2d_output_size", "pool_geometry"})
+        hint = HINT_OWN_CODE + f" Only its output-size helpers ({', '.join(helpers)}) may be called."
     else:
         hint = HINT_OWN_CODE
     return f"{start} function calls {whose} ({', '.join(used)}), so it earns no credit.\nhint: {hint}"
