@@ -2843,13 +2843,19 @@ cdef inline void _spread_row(floating* grow, const floating* share, Py_ssize_t o
 AVG_LAYERS_MAX = 8
 
 
+cdef inline bint _avg_by_rows(Py_ssize_t kh, Py_ssize_t kw) noexcept nogil:
+    """Whether the NCHW average backward spreads each window row once and adds that row to the window's rows (more
+    than ``kh + kw + 1`` taps, 3x3 windows and up), rather than adding window by window."""
+    return kh * kw > kh + kw + 1
+
+
 cpdef Py_ssize_t avg_backward_layers(int kh, int kw, int sw):
     """How many layer rows :func:`avg_backward_nchw` builds per window row, each of ``W`` values in the thread's
     ``share_buf`` row: 0 for small windows (added window by window, without a spread row) and where a cell can lie
     in more than ``AVG_LAYERS_MAX`` windows of one row (rows that earlier window rows touched then get their shares
     window by window), else ``(kw - 1) // sw + 1``, the most windows of one row that can cover a cell."""
     cdef Py_ssize_t m = (kw - 1) // sw + 1
-    if kh * kw <= kh + kw + 1 or m > AVG_LAYERS_MAX:
+    if not _avg_by_rows(kh, kw) or m > AVG_LAYERS_MAX:
         return 0
     return m
 
@@ -3130,7 +3136,7 @@ cdef void _avg_backward_nchw(const floating* grad_out, floating* grad_x, const f
     cdef floating* spread
     cdef floating* layer
     cdef floating* buf = NULL
-    cdef bint by_rows = kh * kw > kh + kw + 1
+    cdef bint by_rows = _avg_by_rows(kh, kw)
     cdef bint k2s2 = _k2s2(H, W, out_h, out_w, kh, kw, sh, sw, ph, pw, 1, 1)
     cdef bint tiled = stream and k2s2 and _whole_rows(H, W, out_h, out_w, sizeof(floating), grad_x)
     if N * C == 0:
