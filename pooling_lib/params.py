@@ -63,10 +63,16 @@ def as_pair(value, name):
     return (v, v)
 
 
+INT_MAX = 2**31 - 1  # sizes are C ints in the compiled kernels, as in PyTorch, which refuses larger ones too
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _positive_pair(value, name):
     pair = as_pair(value, name)
     if min(pair) < 1:
         raise ValueError(f"{name} must be positive, got {value!r}")
+    if max(pair) > INT_MAX:
+        raise ValueError(f"{name} must be at most 2**31 - 1 (a C int, as in PyTorch), got {value!r}")
     return pair
 
 
@@ -225,6 +231,8 @@ def check_divisor_override(divisor_override):
     value = _as_int(divisor_override, "divisor_override")
     if value == 0:
         raise ValueError("divisor_override must be a non-zero int or None, got 0")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"divisor_override must fit in 64 bits (-2**63 to 2**63 - 1, as in PyTorch), got {value!r}")
     return value
 
 

@@ -49,7 +49,7 @@ SIZE_CASES = [
     (0, ValueError), (-1, ValueError), ((2, 0), ValueError), ((-2, 2), ValueError),
     (2.0, TypeError), ((2, 2.0), TypeError), (True, TypeError), ((2, False), TypeError), (np.bool_(True), TypeError),
     ((2, 2, 2), ValueError), ((2,), ValueError), ((), ValueError), ("2", TypeError), (np.array([2, 2]), TypeError),
-    (1.5, TypeError),
+    (1.5, TypeError), (2**31, ValueError), ((2, 2**31), ValueError),  # a C int in the kernels, as in PyTorch
 ]
 
 
@@ -140,8 +140,23 @@ def test_numpy_bools_are_bools():
     np.testing.assert_array_equal(a, np.ones((1, 1, 2, 2)))
 
 
+@pytest.mark.parametrize("backend", pl.available_backends())
+def test_the_largest_sizes_and_divisors_work(backend):
+    # the limits are PyTorch's: sizes up to 2**31 - 1, divisor_override over all of int64; the values are exact
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    assert pl.max_pool2d(x, 2, stride=2**31 - 1, backend=backend).tolist() == [[[[5.0]]]]
+    assert pl.max_pool2d(x, 1, dilation=2**31 - 1, backend=backend).tobytes() == x.tobytes()
+    assert pl.max_pool2d_backward(np.ones((1, 1, 1, 1)), x, 2, stride=2**31 - 1, backend=backend).sum() == 1.0
+    for d in (2**63 - 1, -2**63):
+        want = np.array([[[[10.0, 18.0], [42.0, 50.0]]]]) / np.float64(d)  # window sums over the divisor
+        assert pl.avg_pool2d(x, 2, divisor_override=d, backend=backend).tobytes() == want.tobytes()
+        got = pl.avg_pool2d_backward(np.ones((1, 1, 2, 2)), x, 2, divisor_override=d, backend=backend)
+        assert got.tobytes() == np.full((1, 1, 4, 4), 1.0 / np.float64(d)).tobytes()
+
+
 @pytest.mark.parametrize("value, exc", [(0, ValueError), (np.int64(0), ValueError), (2.0, TypeError),
-                                        (True, TypeError), ("2", TypeError), ((2, 2), TypeError)], ids=repr)
+                                        (True, TypeError), ("2", TypeError), ((2, 2), TypeError),
+                                        (2**63, ValueError), (-2**63 - 1, ValueError)], ids=repr)
 @pytest.mark.parametrize("func", list(AVG_FUNCS))
 def test_bad_divisor_override(func, value, exc):
     with pytest.raises(exc, match="divisor_override"):
@@ -383,12 +398,11 @@ CYTHON_SCRIPT = textwrap.dedent("""
                 assert np.array_equal(v, xd), name
                 try:
                     got = fwd(v, **kw, backend="cython")
-                    if not np.array_equal(got, ref_out, equal_nan=True):
+                    if got.dtype != ref_out.dtype or got.tobytes() != ref_out.tobytes():
                         failures.append(f"{fwd.__name__} {kw} {name} {dtype.__name__}: wrong forward")
                     gv = np.asfortranarray(g) if name == "fortran" else g[..., ::-1].copy()[..., ::-1]
                     got = bwd(gv, v, **kw, backend="cython")
-                    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
-                    if not np.allclose(got, ref_grad, **tol):
+                    if got.dtype != ref_grad.dtype or np.ascontiguousarray(got).tobytes() != ref_grad.tobytes():
                         failures.append(f"{bwd.__name__} {kw} {name} {dtype.__name__}: wrong backward")
                 except Exception as e:
                     failures.append(f"{fwd.__name__} {kw} {name} {dtype.__name__}: {type(e).__name__}: {e}")
