@@ -341,25 +341,60 @@ def _watched_files():
     return {os.path.join(here, m + ".py"): m for m in _POOLING_MODULES + (GRADER_MODULE,)}
 
 
+TORCH = "torch"  # what call_watched records for any use of PyTorch, whose pooling is an answer too
+
+
+def _torch_dir():
+    """The directory of the installed ``torch`` package (found without importing it), or None."""
+    global _TORCH_DIR
+    if _TORCH_DIR is False:
+        import importlib.util
+
+        try:
+            spec = importlib.util.find_spec("torch")
+        except (ImportError, ValueError):
+            spec = None
+        locations = list(spec.submodule_search_locations or []) if spec is not None else []
+        _TORCH_DIR = os.path.join(locations[0], "") if locations else None
+    return _TORCH_DIR
+
+
+_TORCH_DIR = False  # not looked up yet
+
+
+def _is_torch(fn):
+    """True for a built-in function or method of PyTorch (``torch.max_pool2d``, a ``Tensor``'s ``max``)."""
+    module = getattr(fn, "__module__", None) or type(getattr(fn, "__self__", None)).__module__ or ""
+    return module == TORCH or module.startswith(TORCH + ".")
+
+
 def call_watched(fn, args, called):
     """Return ``fn(*args)``, adding to the set ``called`` the names of the functions of pooling_lib's pooling
-    modules, and of this module (the grader's own answers), that it calls from outside them.
+    modules, and of this module (the grader's own answers), that it calls from outside them, and ``"torch"``
+    when it uses PyTorch in any way (a function of its Python code, or a built-in of its C code).
 
     A profiler is on during the call only: the grader's own calls of its references (made by ``run_check``, not
     from inside the student's function) are not watched, and a call between watched modules (the library's own
     plumbing, a reference calling pooling_lib) is not an entry point. ``called`` is filled even when ``fn``
-    raises.
+    raises. Compiled code (a Cython kernel, the library's own ``_kernels``) calls other functions without the
+    profiler seeing them: only the Python calls are watched.
     """
     files = _watched_files()
+    torch_dir = _torch_dir()
     here = sys._getframe()  # in a watched file itself: what it calls directly (fn) is an entry point
 
     def profile(frame, event, arg):
         if event == "call":
-            module = files.get(frame.f_code.co_filename)
+            filename = frame.f_code.co_filename
+            module = files.get(filename)
             caller = frame.f_back
             if module is not None and (caller is None or caller is here or caller.f_code.co_filename not in files):
                 name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)  # Class.method from 3.11
                 called.add(f"pooling_lib.{module}.{name}")  # an entry point, not plumbing
+            elif torch_dir is not None and filename.startswith(torch_dir):
+                called.add(TORCH)
+        elif event == "c_call" and _is_torch(arg):
+            called.add(TORCH)
 
     previous = sys.getprofile()
     sys.setprofile(profile)
@@ -854,6 +889,25 @@ def _avg_backward_loops(grad_out, x, k, s, p, count_include_pad, *, divisor="rig
     return grad
 
 
+def _avg_negative_start(grad_out, x, k, s, p, count_include_pad):
+    """The slice written with the window's start as it is: a window cut by the padding starts at a negative
+    index, from which a slice counts from the end (x[-1:2] is empty), so such a window's gradient is lost."""
+    N, C, H, W = x.shape
+    grad = np.zeros(x.shape, dtype=x.dtype)
+    for n, c, i, j, taps in _windows(x, k, s, p):
+        real = [(h, w) for h, w in taps if 0 <= h < H and 0 <= w < W]
+        share = grad_out[n, c, i, j] / x.dtype.type(len(taps) if count_include_pad else len(real))
+        top, left = i * s - p, j * s - p
+        grad[n, c, top:top + k, left:left + k] += share
+    return grad
+
+
+HINT_NEGATIVE_START = ("a window cut by the padding starts at a negative index (top = i*stride - padding), and a "
+                       "slice from a negative start counts from the end of the array: x[-1:2] is empty, so that "
+                       "window's gradient is lost. Clip the start to 0: rows max(top, 0) to "
+                       "min(top + kernel_size, H), and the same for the columns.")
+
+
 def _avg_variant(**kw):
     return lambda g, x, k, s, p, cip: _avg_backward_loops(g, x, k, s, p, cip, **kw)
 
@@ -906,6 +960,7 @@ AVG_POOL_BACKWARD = Exercise(
         Variant(HINT_REPEAT.split(" (and a mask")[0] + ".", lambda g, x, k, s, p, cip: np.broadcast_to(
             np.repeat(np.repeat(g / x.dtype.type(k * k), k, axis=2), k, axis=3), x.shape).astype(x.dtype)),
         Variant(HINT_EMPTY_CROP, _empty_crop(_avg_backward_ref)),
+        Variant(HINT_NEGATIVE_START, _avg_negative_start),
     ),
     heuristics=_heuristic_empty,
     exception_hint=_broadcast_hint,

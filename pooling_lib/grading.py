@@ -14,8 +14,8 @@ known-wrong versions of the function (zero padding, ``=`` instead of ``+=``, the
 maximum, stride confused with kernel size, no floor, dividing by k*k, float64 output for float32 input, ...)
 and says which one the student's answer matches. A function that still raises ``NotImplementedError`` on every
 case is reported as "not implemented yet" (a case that raises it alone just fails). A function that calls
-``pooling_lib``'s own pooling code (where the exercise is to write it) or the grader's references, in any case,
-earns no credit, and so does one that gives every right answer but misses the exercise's extra requirement (no
+``pooling_lib``'s own pooling code or PyTorch (where the exercise is to write it) or the grader's references, in
+any case, earns no credit, and so does one that gives every right answer but misses the exercise's extra requirement (no
 loop over the data, a compiled and fast kernel).
 
 Teachers grade a folder of submissions with::
@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ._grading_cases import EXERCISES, GRADER_MODULE, _tolerance, call_watched, forbidden_calls
+from ._grading_cases import EXERCISES, GRADER_MODULE, TORCH, _tolerance, call_watched, forbidden_calls
 
 __all__ = [
     "CheckResult",
@@ -122,6 +122,8 @@ class CheckResult:
             tail = f" (all {self.cases_total} checks passed)"
         elif self.status == NOT_IMPLEMENTED:
             tail = ""
+        elif self.score == 0 and self.cases_passed:  # right answers, but a rule or the extra requirement failed
+            tail = f" ({self.cases_passed} of {self.cases_total} checks passed, but no credit)"
         else:
             tail = f" ({self.cases_passed} of {self.cases_total} checks passed)"
         return f"{self.exercise}: {self.status.upper()}{tail}, score {self.score:g}/{self.points:g}"
@@ -233,10 +235,12 @@ def _exception_hint(exc):
     if isinstance(exc, AttributeError) and re.search(r"'(float|int|bool|object|lib)'|has no attribute 'pad'", text):
         from ._grading_cases import HINT_NUMPY2
         return HINT_NUMPY2
-    if isinstance(exc, ValueError) and "zero-size array" in str(exc):
-        return ("a window is empty: it starts past the edge of the input. Check the output size, "
-                "floor((H + 2p - k) / s) + 1 rows from H and columns from W, and where window (i, j) starts: "
-                "(i*stride - padding, j*stride - padding).")
+    if isinstance(exc, ValueError) and ("zero-size array" in str(exc) or "empty sequence" in str(exc)):
+        return ("a window is empty. Either it starts before the input: window (i, j) starts at (i*stride - padding, "
+                "j*stride - padding), which is negative for a window cut by the padding, and a slice from a "
+                "negative start counts from the end of the array (x[-1:2] is empty), so clip the start to 0 "
+                "(rows max(top, 0) to min(top + kernel_size, H)); or it starts past the end: check the output "
+                "size, floor((H + 2p - k) / s) + 1 rows from H and columns from W.")
     if isinstance(exc, IndexError):
         return ("an index ran past the array: check where each window starts and ends, and the output size "
                 "floor((H + 2p - k) / s) + 1.")
@@ -362,7 +366,14 @@ def _calls_text(ex, used, all_right):
     """The report for a function that calls code it must not: no credit, whatever its answers."""
     start = "Every case gives the right answer, but your" if all_right else "Your"
     grader = f"pooling_lib.{GRADER_MODULE}."
-    whose = "the grader's own code" if all(u.startswith(grader) for u in used) else "pooling_lib's own code"
+    if used == [TORCH]:
+        whose = "PyTorch"
+    elif all(u.startswith(grader) for u in used):
+        whose = "the grader's own code"
+    elif TORCH in used:
+        whose = "PyTorch and pooling_lib's own code"
+    else:
+        whose = "pooling_lib's own code"
     if not ex.own_code:
         hint = HINT_GRADER_CODE
     elif ex.allowed:
@@ -426,15 +437,16 @@ def run_check(name, fn):
                            f"{name} still raises NotImplementedError: replace that line with your code, "
                            f"then run this check again.", 0, n_total)
     used = forbidden_calls(ex, called)
-    if used:  # no credit: the answers are pooling_lib's (or the grader's), not the student's
+    if used:  # no credit: the answers are pooling_lib's (or the grader's, or PyTorch's), not the student's
         all_right = first_failure is None and first_wrong is None
-        return CheckResult(name, "failed", 0.0, ex.points, _calls_text(ex, used, all_right), 0, n_total)
+        return CheckResult(name, "failed", 0.0, ex.points, _calls_text(ex, used, all_right), passed, n_total)
     if first_failure is None and first_wrong is not None:
         index, case, got, expected, mismatch = first_wrong
         hint = _diagnose(ex, first_wrong[1:], outcomes)
         first_failure = _failure_text(ex, index, case, len(cases), got, expected, mismatch, hint)
-    if first_failure is None and ex.own_code:
-        passed += 1  # every case ran without calling pooling_lib's pooling code
+    if ex.own_code and passed:
+        passed += 1  # the rule is a check of its own: the right answers are the student's (no case called
+        # pooling_lib's pooling code or PyTorch); with no right answer there is nothing it vouches for
     if first_failure is None and ex.extra is not None:
         def watched(*args):  # the extra's own inputs are watched too: no pooling_lib for large inputs only
             return call_watched(fn, args, called)
@@ -444,15 +456,16 @@ def run_check(name, fn):
         except Exception as exc:
             problem = (f"the extra check raised {type(exc).__name__}: {exc}", "")
         used = forbidden_calls(ex, called)
-        if used:
-            return CheckResult(name, "failed", 0.0, ex.points, _calls_text(ex, used, True), 0, n_total)
+        if used:  # the rule, counted as passed above, failed after all
+            return CheckResult(name, "failed", 0.0, ex.points, _calls_text(ex, used, True),
+                               passed - int(ex.own_code), n_total)
         if problem is None:
             passed += 1
         else:  # no credit: the requirement is the point of the exercise, as much as the answers
             what, hint = problem
-            passed = 0
-            first_failure = (f"Every case gives the right answer, but {what}\nThe exercise asks for that too, so "
-                             f"it earns no credit." + (f"\nhint: {hint}" if hint else ""))
+            text = (f"Every case gives the right answer, but {what}\nThe exercise asks for that too, so it earns no "
+                    f"credit." + (f"\nhint: {hint}" if hint else ""))
+            return CheckResult(name, "failed", 0.0, ex.points, text, passed, n_total)
     if first_failure is None:
         return CheckResult(name, "passed", ex.points, ex.points, "", passed, n_total)
     score = round(ex.points * passed / n_total, 2)
@@ -497,9 +510,41 @@ check_memory_bound = _make_check("memory_bound")
 # ---------------------------------------------------------------------------------------------------------
 # Grading notebooks
 # ---------------------------------------------------------------------------------------------------------
-def _report(names, namespace, token):
+class _TimeUp(BaseException):
+    """Raised by the alarm in the student's function when a check runs too long: a BaseException, so that
+    ``run_check`` (which reports every ``Exception`` of the student's as a failed case) lets it through."""
+
+
+def _check_in_time(name, fn, seconds):
+    """``run_check(name, fn)``, or a failed result if it takes longer than ``seconds`` (an endless loop): a
+    SIGALRM timer, where there is one (POSIX, main thread), interrupts the student's code, again every second
+    in case the code catches the first interrupt."""
+    import signal
+    import threading
+
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        return run_check(name, fn)
+
+    def time_up(signum, frame):
+        raise _TimeUp()
+
+    previous = signal.signal(signal.SIGALRM, time_up)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+    try:
+        return run_check(name, fn)
+    except _TimeUp:
+        return CheckResult(name, "failed", 0.0, EXERCISES[name].points,
+                           f"the check of {name} did not finish within {seconds:g} s, so it was stopped: an endless "
+                           f"loop, or a function far too slow for the small cases of the check?", 0, 1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _report(names, namespace, token, seconds=None):
     """Run in the graded kernel, after the student's cells: check each exercise's function as the notebook
-    defined it, and emit one display_data output that the grading command reads back."""
+    defined it (each check stopped after ``seconds``, if given), and emit one display_data output that the
+    grading command reads back."""
     from IPython.display import display
 
     results = []
@@ -510,7 +555,7 @@ def _report(names, namespace, token):
                                        f"the notebook does not define {name} (did its cell run without errors?).",
                                        0, 1))
         else:
-            results.append(run_check(name, fn))
+            results.append(_check_in_time(name, fn, seconds))
     display({MIME_TYPE: {"token": token, "results": [r.to_dict() for r in results]}}, raw=True)
 
 
@@ -521,6 +566,7 @@ class NotebookGrade:
     path: str
     results: list = field(default_factory=list)
     error: str = ""
+    notes: list = field(default_factory=list)  # what the teacher should know: cells stopped at the time limit
 
     @property
     def score(self):
@@ -568,14 +614,17 @@ import pooling_lib._grading_cases as _pooling_cases
 import pooling_lib.grading as _pooling_grading
 _pooling_importlib.reload(_pooling_cases)
 _pooling_grading = _pooling_importlib.reload(_pooling_grading)
-_pooling_grading._report({names!r}, globals(), {token!r})"""
+_pooling_grading._report({names!r}, globals(), {token!r}, {seconds!r})"""
 
 
 def grade_notebook(path, timeout=600, kernel_name="python3"):
     """Execute the notebook at ``path`` in a fresh kernel and grade every exercise it holds.
 
     Cells that raise do not stop the run (a half-done notebook still gets the points it earned). ``timeout`` is
-    per cell, in seconds: generous, because the Cython exercise compiles. Returns a :class:`NotebookGrade`.
+    per cell, in seconds: generous, because the Cython exercise compiles. A cell that runs longer is interrupted
+    and the run goes on (``NotebookGrade.notes`` says which); in the grading cell, each exercise's check gets
+    ``timeout`` seconds of its own, so an endless loop fails its own exercise only. Returns a
+    :class:`NotebookGrade`.
     """
     import subprocess
 
@@ -594,8 +643,13 @@ def grade_notebook(path, timeout=600, kernel_name="python3"):
         grade.error = "no homework exercise found in this notebook"
         return grade
     token = secrets.token_hex(16)
-    nb.cells.append(nbformat.v4.new_code_cell(_REPORT_CELL.format(names=names, token=token)))
+    n_cells = len(nb.cells)
+    report = nbformat.v4.new_code_cell(_REPORT_CELL.format(names=names, token=token, seconds=timeout))
+    nb.cells.append(report)
+    # the grading cell may take each check's time limit, and then some: it must not be the cell that is stopped
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, allow_errors=True,
+                            interrupt_on_timeout=True,
+                            timeout_func=lambda cell: (timeout * (len(names) + 1) if cell is report else timeout),
                             resources={"metadata": {"path": os.path.dirname(os.path.abspath(str(path)))}})
     try:
         client.execute(stderr=subprocess.DEVNULL)
@@ -608,6 +662,12 @@ def grade_notebook(path, timeout=600, kernel_name="python3"):
     if grade.error:
         grade.results = [CheckResult(n, "failed", 0.0, EXERCISES[n].points, grade.error, 0, 1) for n in names]
         return grade
+    code_cells = 0
+    for cell in nb.cells[:n_cells]:
+        code_cells += cell.get("cell_type") == "code"
+        if any(o.get("output_type") == "error" and o.get("ename") == "KeyboardInterrupt"
+               for o in cell.get("outputs", [])):
+            grade.notes.append(f"code cell {code_cells} ran longer than {timeout} s and was stopped; the run went on")
     for output in nb.cells[-1].get("outputs", []):
         payload = output.get("data", {}).get(MIME_TYPE)
         if isinstance(payload, str):
@@ -627,6 +687,8 @@ def _print_grade(grade, out, verbose):
     print(f"== {grade.path}", file=out)
     if grade.error:
         print(f"   ERROR: {grade.error}", file=out)
+    for note in grade.notes:
+        print(f"   NOTE: {note}", file=out)
     width = max([len(r.exercise) for r in grade.results] + [8])
     for r in grade.results:
         print(f"   {r.exercise:<{width}}  {r.score:5.2f} / {r.points:g}  {r.status}", file=out)
@@ -639,7 +701,8 @@ def main(argv=None):
     """``python -m pooling_lib.grading NOTEBOOK.ipynb [MORE.ipynb ...]``: grade notebooks, print the scores.
 
     Exit status: 0 when every check of every notebook passed, 1 when any failed or is not implemented,
-    2 when a notebook could not be graded at all (unreadable, no exercise, kernel died, timeout).
+    2 when a notebook could not be graded at all (unreadable, no exercise, kernel died, or the grading cell itself
+    stopped at its time limit). A student's cell that runs past the limit is stopped, and the run goes on.
     """
     parser = argparse.ArgumentParser(
         prog="python -m pooling_lib.grading",
@@ -673,7 +736,7 @@ def main(argv=None):
         print("not passed:\n" + "\n".join("   " + f for f in failing))
     if args.json:
         data = [{"notebook": g.path, "score": g.score, "points": g.points, "passed": g.passed, "error": g.error,
-                 "results": [r.to_dict() for r in g.results]} for g in grades]
+                 "notes": g.notes, "results": [r.to_dict() for r in g.results]} for g in grades]
         text = json.dumps(data, indent=1)
         if args.json == "-":
             print(text)

@@ -120,7 +120,7 @@ def test_a_wrong_answer_gets_partial_credit_and_a_readable_report():
     result = grading.check_output_size(output_size)
     assert result.status == "failed"
     assert 0 < result.score < 1
-    assert result.cases_passed == 11 and result.cases_total == 14
+    assert result.cases_passed == 12 and result.cases_total == 14  # 11 of 13 cases, and the no-pooling_lib rule
     assert "First failing case (10 of 13): ceil_mode keeps a partial last window" in result.message
     assert "expected:\n  3\ngot:\n  2" in result.message
     assert "ceil_mode" in _hint(result)
@@ -158,6 +158,59 @@ def test_calling_pooling_lib_is_not_writing_it():
     assert "pooling_lib.functional.max_pool2d" in result.message
     result = grading.check_output_size(pooling_lib.pool2d_output_size)
     assert result.status == "failed" and "pool2d_output_size" in result.message
+
+
+def test_the_rule_against_calling_pooling_lib_counts_when_answers_are_wrong():
+    # index.md: each case is a check, and so is the rule against calling pooling_lib, passed or not the cases
+    def max_pool_backward(grad_out, x, kernel_size, stride, padding):  # = instead of +=
+        grad = np.zeros_like(x)
+        xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), constant_values=-np.inf)
+        for n in range(grad_out.shape[0]):
+            for c in range(grad_out.shape[1]):
+                for i in range(grad_out.shape[2]):
+                    for j in range(grad_out.shape[3]):
+                        window = xp[n, c, i * stride:i * stride + kernel_size, j * stride:j * stride + kernel_size]
+                        a, b = divmod(int(np.argmax(window)), window.shape[1])
+                        grad[n, c, i * stride + a - padding, j * stride + b - padding] = grad_out[n, c, i, j]
+        return grad
+
+    result = grading.check_max_pool_backward(max_pool_backward)
+    right = sum(cases.EXERCISES["max_pool_backward"].result.compare(
+        max_pool_backward(*c.args), cases._max_backward_ref(*c.args)) is None
+        for c in cases.EXERCISES["max_pool_backward"].cases())
+    assert 0 < right < result.cases_total - 1
+    assert result.cases_passed == right + 1 and result.cases_total == len(cases.EXERCISES["max_pool_backward"].cases()) + 1
+    assert result.score == round(result.cases_passed / result.cases_total, 2)
+    assert "hint: you write the gradient with = instead of +=" in result.message
+
+
+def test_no_credit_reports_the_checks_that_passed():
+    result = grading.check_max_pool_vectorized(SOLUTIONS["max_pool_forward"])  # right answers, but loops
+    n_cases = len(cases.EXERCISES["max_pool_vectorized"].cases())
+    assert result.score == 0.0 and result.cases_passed == n_cases + 1 and result.cases_total == n_cases + 2
+    assert result.headline().startswith(f"max_pool_vectorized: FAILED ({n_cases + 1} of {n_cases + 2} checks "
+                                        "passed, but no credit), score 0/1")
+    result = grading.check_max_pool_forward(lambda x, k, s, p: pooling_lib.max_pool2d(x, k, s, p))
+    n_cases = len(cases.EXERCISES["max_pool_forward"].cases())
+    assert result.score == 0.0 and result.cases_passed == n_cases and result.cases_total == n_cases + 1
+    assert "but no credit" in result.headline()
+
+
+def test_a_check_that_runs_too_long_is_stopped():
+    def output_size(length, kernel_size, stride, padding=0, dilation=1, ceil_mode=False):
+        while True:
+            pass
+
+    result = grading._check_in_time("output_size", output_size, 0.5)
+    assert result.status == "failed" and result.score == 0.0
+    assert "did not finish within 0.5 s" in result.message
+
+
+def test_a_check_in_time_gives_the_check_result():
+    right = grading._check_in_time("max_pool_forward", SOLUTIONS["max_pool_forward"], 60)
+    assert right.passed, str(right)
+    wrong = grading._check_in_time("max_pool_forward", lambda x, k, s, p: np.zeros(1), 60)
+    assert str(wrong) == str(grading.check_max_pool_forward(lambda x, k, s, p: np.zeros(1)))
 
 
 def test_a_correct_loop_is_not_vectorized():
@@ -490,7 +543,7 @@ def test_other_mistakes_are_caught(name, wrong, hint):
                                                 ((1, 1, 3, 3), (5, 4)), ((1, 3, 10, 7), (4, 3)), ((1, 1, 4, 4), 1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_adaptive_reference_matches_pytorch(shape, output_size, dtype):
-    torch = pytest.importorskip("torch")
+    torch = _torch_or_skip()
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     ours = cases.adaptive_avg_pool2d_reference(x, output_size)
     theirs = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), output_size).numpy()
@@ -554,6 +607,50 @@ def test_calling_pooling_lib_in_some_cases_only_earns_nothing(name):
     assert result.status == "failed" and result.score == 0.0, str(result)
     assert "calls pooling_lib's own code (pooling_lib.functional." in result.message
     assert "earns no credit" in result.message
+
+
+def _torch_or_skip():
+    return pytest.importorskip("torch")
+
+
+def test_pytorch_is_not_writing_it_either():
+    torch = _torch_or_skip()
+
+    def max_pool_forward(x, kernel_size, stride, padding):  # PyTorch's pooling, a Python function of torch
+        return torch.nn.functional.max_pool2d(torch.from_numpy(x), kernel_size, stride, padding).numpy()
+
+    def max_pool_backward(grad_out, x, kernel_size, stride, padding):  # PyTorch's autograd
+        t = torch.from_numpy(x.copy()).requires_grad_()
+        torch.nn.functional.max_pool2d(t, kernel_size, stride, padding).backward(torch.from_numpy(grad_out))
+        return t.grad.numpy()
+
+    def global_max_pool_backward(grad_out, x):  # only built-in methods of a tensor: no Python code of torch runs
+        t = torch.from_numpy(x)
+        flat = t.flatten(2).argmax(2).numpy()
+        grad = np.zeros(x.shape, x.dtype)
+        n, c = np.indices(flat.shape)
+        grad.reshape(x.shape[0], x.shape[1], -1)[n, c, flat] = grad_out
+        return grad
+
+    for name, fn in (("max_pool_forward", max_pool_forward), ("max_pool_backward", max_pool_backward),
+                     ("global_max_pool_backward", global_max_pool_backward)):
+        result = run_check(name, fn)
+        assert result.status == "failed" and result.score == 0.0, str(result)
+        assert "calls PyTorch (torch), so it earns no credit" in result.message, str(result)
+    result = run_check("max_pool_forward", max_pool_forward)
+    assert result.message.startswith("Every case gives the right answer, but your function calls PyTorch")
+
+
+def test_pytorch_is_fine_where_pooling_lib_is():
+    torch = _torch_or_skip()
+
+    def memory_bound(shape, kernel_size, stride, padding, itemsize, bandwidth_gb_s):
+        n_out = torch.tensor(pooling_lib.pool2d_output_size(shape[2:], kernel_size, stride, padding)).prod().item()
+        moved = itemsize * shape[0] * shape[1] * (shape[2] * shape[3] + n_out)
+        return moved, moved / (bandwidth_gb_s * 1e9)
+
+    result = grading.check_memory_bound(memory_bound)
+    assert result.passed, str(result)
 
 
 def test_calling_pooling_lib_with_some_wrong_answers_earns_nothing():
@@ -753,7 +850,7 @@ def test_not_implemented_for_some_cases_is_a_partial_failure():
 
     result = grading.check_output_size(output_size)
     assert result.status == "failed"
-    assert result.cases_passed == 9 and result.cases_total == 14 and 0 < result.score < 1
+    assert result.cases_passed == 10 and result.cases_total == 14 and 0 < result.score < 1  # 9 cases + the rule
     assert "First failing case (10 of 13): ceil_mode keeps a partial last window" in result.message
     assert "it raised NotImplementedError: ceil_mode not supported" in result.message
     assert "raises NotImplementedError for this case" in _hint(result)

@@ -363,6 +363,24 @@ def test_notebooks_that_cannot_be_graded(tmp_path):
     assert "ran longer than 3 s" in stdout
 
 
+ENDLESS_ADAPTIVE = "def adaptive_avg_pool2d(x, output_size):\n    while True:\n        pass"
+
+
+def test_an_endless_loop_fails_its_own_exercise_only(tmp_path):
+    # A cell that never ends is stopped and the run goes on; a function that never returns fails its own check.
+    nb = _read(SOURCE_DIR / "ex06_global_pooling.ipynb")
+    nb.cells += [nbformat.v4.new_code_cell("while True:\n    pass"), nbformat.v4.new_code_cell(ENDLESS_ADAPTIVE)]
+    path = tmp_path / "ex06_endless.ipynb"
+    nbformat.write(nb, path)
+    code, stdout = _grade("--timeout", "4", path)
+    assert code == 1, stdout
+    n_code = sum(cell.cell_type == "code" for cell in nb.cells) - 1
+    assert f"NOTE: code cell {n_code} ran longer than 4 s and was stopped; the run went on" in stdout, stdout
+    assert "global_max_pool_backward   1.00 / 1  passed" in stdout, stdout
+    assert "adaptive_avg_pool2d        0.00 / 1  failed" in stdout, stdout
+    assert "the check of adaptive_avg_pool2d did not finish within 4 s" in stdout, stdout
+
+
 TAMPER_RUN_CHECK = ("import pooling_lib.grading as g\n"
                     "g.run_check = lambda name, fn: g.CheckResult(name, 'passed', 1.0, 1.0, '', 1, 1)\n"
                     "g.EXERCISES['output_size'].cases = lambda: []")
