@@ -1,14 +1,16 @@
 """Shared helpers and hypothesis strategies for the pooling_lib test suite.
 
 Imported by the test modules (``from _helpers import ...``); pytest puts ``tests/`` on ``sys.path``.
-Nothing here imports torch: only ``test_against_torch.py`` does.
+Nothing here imports torch when it is imported: :func:`import_torch` does, for the tests that use it as an oracle.
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -19,6 +21,26 @@ BACKENDS = pooling_lib.available_backends()
 FAST_BACKENDS = tuple(b for b in BACKENDS if b != "naive")  # every tier checked against the naive reference
 DTYPES = (np.float32, np.float64)
 LAYOUTS = ("NCHW", "NHWC")
+
+TORCH_REASON = "PyTorch is not installed: the cross-check needs it (CI installs torch==2.13.0)"
+
+
+def running_in_ci():
+    """True when the environment variable CI is set to something other than "", "0", "false" or "no"."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def import_torch():
+    """PyTorch, the oracle: without it the caller (a test, or a whole module at import) is skipped, visibly; under
+    CI a missing or broken torch FAILS instead, so that a broken install cannot switch the cross-checks off."""
+    if running_in_ci():
+        try:
+            import torch
+        except Exception as exc:  # ImportError, or a broken install raising something else
+            pytest.fail(f"CI is set but PyTorch cannot be imported ({type(exc).__name__}: {exc}); "
+                        f"the PyTorch cross-check must run in CI. {TORCH_REASON}", pytrace=False)
+        return torch
+    return pytest.importorskip("torch", reason=TORCH_REASON)
 
 
 def compiled_builds():
@@ -56,6 +78,36 @@ def assert_identical(actual, expected, err_msg="", signed_zeros=True):
         real = ~np.isnan(expected)
         np.testing.assert_array_equal(np.signbit(actual[real]), np.signbit(expected[real]),
                                       err_msg=f"sign of zero differs {err_msg}")
+
+
+_UINT = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
+
+
+def assert_same_bits(actual, expected, err_msg=""):
+    """Same shape, same float dtype, and the same bits in every element: unlike :func:`assert_identical`, a NaN
+    must have the other's sign and payload (max and min pooling return a window's winner as it is, NaN or not)."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape} {err_msg}"
+    assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype} {err_msg}"
+    assert actual.dtype in _UINT, f"assert_same_bits compares float32 or float64 arrays, got {actual.dtype}"
+    a, e = actual.view(_UINT[actual.dtype]), expected.view(_UINT[expected.dtype])
+    differ = np.argwhere(a != e)
+    if differ.size:
+        shown = ", ".join(f"{tuple(int(v) for v in at)}: {int(a[tuple(at)]):#x} != {int(e[tuple(at)]):#x}"
+                          for at in differ[:5])
+        raise AssertionError(f"{len(differ)} of {a.size} elements differ in their bits ({shown}) {err_msg}")
+
+
+def nans(dtype):
+    """Four NaNs of ``dtype`` with different bits: +NaN (NumPy's), -NaN, and a positive and a negative NaN with a
+    payload (quiet NaNs, so no operation may change them except by picking another)."""
+    if np.dtype(dtype) == np.float32:
+        bits = np.array([0x7FC00000, 0xFFC00000, 0x7FC01234, 0xFFD05678], dtype=np.uint32)
+    else:
+        bits = np.array([0x7FF8000000000000, 0xFFF8000000000000, 0x7FF8000000001234, 0xFFFA000000005678],
+                        dtype=np.uint64)
+    return bits.view(dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -209,8 +261,15 @@ def pool_values(with_specials=True):
 
 
 @st.composite
-def pool_inputs(draw, cfg, dtype, with_specials=True):
-    """An NCHW array of the config's shape with tie-prone values (and NaN / +-inf when ``with_specials``)."""
+def pool_inputs(draw, cfg, dtype, with_specials=True, floats=False):
+    """An NCHW array of the config's shape with tie-prone values (and NaN / +-inf when ``with_specials``).
+
+    With ``floats``, random floats of many magnitudes instead (from a drawn seed: hypothesis's own floats are mostly
+    round numbers), whose sums round differently when added in another order; no ties and no special values.
+    """
+    if floats:
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        return (rng.standard_normal(cfg.shape) * np.exp2(rng.integers(-6, 7, cfg.shape))).astype(dtype)
     return draw(arrays(dtype, cfg.shape, elements=pool_values(with_specials)))
 
 

@@ -2,9 +2,11 @@
 
 Forward values, winner indices and gradients of ``torch.nn.functional.max_pool2d`` / ``avg_pool2d`` /
 ``adaptive_max_pool2d(x, 1)`` / ``adaptive_avg_pool2d(x, 1)`` over a few hundred seeded random configurations
-(ties, NaN, +-inf, padding, ceil_mode, dilation, count_include_pad, divisor_override, float32 and float64, NCHW
-and NHWC against PyTorch's channels_last), on every backend. Max/min pooling (values, indices, gradients) and average
-pooling (forward and backward) must match bit for bit; global average pooling agrees to rounding (PyTorch's mean
+(ties, NaN of both signs and with payloads, +-inf, padding, ceil_mode, dilation, count_include_pad,
+divisor_override, float32 and float64, NCHW and NHWC against PyTorch's channels_last), on every backend, and average
+pooling on many channels with order-sensitive values (the compiled vector loops). Max/min pooling (values, indices,
+gradients) and average pooling (forward and backward) must match bit for bit; a max or min pooling's NaN winner must
+keep its sign and payload (its raw bits are compared); global average pooling agrees to rounding (PyTorch's mean
 sums in another order).
 
 PyTorch is an oracle, not a dependency: without it this module is skipped, visibly. When the environment
@@ -12,29 +14,14 @@ variable ``CI`` is set (CI sets ``CI=true``), a missing or broken torch FAILS in
 install cannot silently switch the cross-check off.
 """
 import functools
-import os
 
 import numpy as np
 import pytest
 
 import pooling_lib as pl
-from _helpers import BACKENDS, assert_identical, has_empty_window
+from _helpers import BACKENDS, assert_identical, assert_same_bits, has_empty_window, import_torch, nans, to_layout
 
-TORCH_REASON = "PyTorch is not installed: the cross-check needs it (CI installs torch==2.13.0)"
-
-
-def _running_in_ci():
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-if _running_in_ci():
-    try:
-        import torch
-    except Exception as exc:  # ImportError, or a broken install raising something else
-        pytest.fail(f"CI is set but PyTorch cannot be imported ({type(exc).__name__}: {exc}); "
-                    f"the PyTorch cross-check must run in CI. {TORCH_REASON}", pytrace=False)
-else:
-    torch = pytest.importorskip("torch", reason=TORCH_REASON)
+torch = import_torch()
 
 import torch.nn.functional as TF  # noqa: E402
 
@@ -55,8 +42,8 @@ def _values(rng, shape, kind, dtype):
     if kind == "normal":
         return rng.standard_normal(shape).astype(dtype)
     x = rng.integers(-3, 4, shape).astype(dtype)  # small integers: ties in most windows
-    if kind == "specials":
-        specials = np.array([np.nan, -np.inf, np.inf, -0.0], dtype=dtype)
+    if kind == "specials":  # NaNs that differ in sign and payload: max and min pooling return the winner's bits
+        specials = np.concatenate([nans(dtype), np.array([-np.inf, np.inf, -0.0], dtype=dtype)])
         mask = rng.random(shape) < 0.2
         x[mask] = rng.choice(specials, size=int(mask.sum()))
     return x
@@ -180,8 +167,9 @@ def test_extremum_pool_matches_torch_bitwise(op, i, backend):
     forward, backward = {"max": (pl.max_pool2d, pl.max_pool2d_backward),
                          "min": (pl.min_pool2d, pl.min_pool2d_backward)}[op]
     out, ind = forward(x, **kw, return_indices=True, layout=layout, backend=backend)
-    assert_identical(out, t_out, err_msg="forward values")
+    assert_same_bits(out, t_out, err_msg="forward values")
     assert_identical(ind, t_ind, err_msg="indices")
+    assert_same_bits(forward(x, **kw, layout=layout, backend=backend), t_out, err_msg="forward without indices")
     grad = backward(g, x, **kw, layout=layout, backend=backend)
     assert_identical(grad, t_grad, err_msg="gradient")
     grad = backward(g, x, **kw, layout=layout, backend=backend, indices=ind)
@@ -316,6 +304,42 @@ def test_avg_pool_matches_torch(i, backend):
     assert_identical(grad, t_grad, err_msg="gradient")
 
 
+# Average pooling where the compiled tier runs its vector loops: 19 channels (NHWC: two 8-lane float32 vectors or
+# four 4-lane float64 ones, then 3 channels left) and rows of 16 to 34 windows (NCHW), with values of many
+# magnitudes, so that a sum added in any order but PyTorch's (the window's taps in row-major order) rounds to other
+# bits somewhere. The seeded random configurations above have at most 3 channels and 10 columns.
+WIDE_AVG = [
+    dict(kernel_size=2, stride=2),                                      # NCHW 2x2 stride-2 loop; NHWC whole pixels
+    dict(kernel_size=3, stride=1, padding=1),                           # 3x3 taps in one pass; NHWC AVX2 sums
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+    dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 0), divisor_override=5),   # the tap-by-tap loops
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("kw", WIDE_AVG, ids=str)
+def test_avg_pool_many_channels_matches_torch_bitwise(kw, dtype, layout, backend):
+    rng = np.random.default_rng([12, WIDE_AVG.index(kw), np.dtype(dtype).itemsize])
+
+    def spread(shape):  # no ties, magnitudes from 2**-6 to 2**6: every sum's rounding depends on its order
+        return (rng.standard_normal(shape) * np.exp2(rng.integers(-6, 7, shape))).astype(dtype)
+
+    shape = (1, 19, 8, 34)
+    out_hw = pl.pool2d_output_size(shape[2:], kw["kernel_size"], kw["stride"], kw.get("padding", 0),
+                                   ceil_mode=kw.get("ceil_mode", False))
+    x, g = spread(shape), spread(shape[:2] + out_hw)
+    xl, gl = to_layout(x, layout), to_layout(g, layout)
+    t = to_torch(xl, layout)
+    t_out = TF.avg_pool2d(t, **kw)
+    t_out.backward(to_torch_grad(gl, layout))
+    out = pl.avg_pool2d(xl, **kw, layout=layout, backend=backend)
+    assert_same_bits(out, from_torch(t_out, layout), err_msg="forward")
+    grad = pl.avg_pool2d_backward(gl, xl, **kw, layout=layout, backend=backend)
+    assert_same_bits(grad, from_torch(t.grad, layout), err_msg="gradient")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("i", range(N_GLOBAL_CONFIGS), ids=lambda i: _describe("global", i))
 def test_global_pooling_matches_torch(i, backend):
@@ -325,7 +349,7 @@ def test_global_pooling_matches_torch(i, backend):
     g = np.random.default_rng([9, i]).standard_normal(t_out.shape[:2]).astype(dtype)
     t_out.backward(torch.from_numpy(g)[:, :, None, None])
     out = pl.global_max_pool2d(x, layout=layout, backend=backend)
-    assert_identical(out, t_out.detach().numpy()[:, :, 0, 0], err_msg="global max")
+    assert_same_bits(out, t_out.detach().numpy()[:, :, 0, 0], err_msg="global max")
     assert_identical(pl.global_max_pool2d_backward(g, x, layout=layout, backend=backend), from_torch(t.grad, layout),
                      err_msg="global max gradient")
     # the winner indices, through the windowed function with one plane-sized window
@@ -344,6 +368,25 @@ def test_global_pooling_matches_torch(i, backend):
                                from_torch(t.grad, layout), **avg_tolerance(dtype))
 
 
+def _drops_a_window(kw, hw):
+    """True when ceil_mode's rounding up would add a last window (along H or W) that starts in the right padding,
+    which PyTorch drops: ``(n - 1) * s >= L + p`` for the rounded-up count ``n = ceil((L + 2p - d(k-1) - 1) / s) + 1``.
+    """
+    pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    k, p, d = pair(kw["kernel_size"]), pair(kw["padding"]), pair(kw.get("dilation", 1))
+    s = pair(kw["stride"]) if kw["stride"] is not None else k
+    for L, kk, ss, pp, dd in zip(hw, k, s, p, d):
+        n = -(-(L + 2 * pp - dd * (kk - 1) - 1) // ss) + 1
+        if kw["ceil_mode"] and (n - 1) * ss >= L + pp:
+            return True
+    return False
+
+
+def _bits(a):
+    """The set of the raw bit patterns (ints) of the float32 or float64 values in ``a``."""
+    return {int(v) for v in np.ravel(a).view(np.uint32 if a.dtype == np.float32 else np.uint64)}
+
+
 def test_the_configurations_cover_the_features():
     """The random configurations really contain what this module claims to test."""
     seen = set()
@@ -352,6 +395,7 @@ def test_the_configurations_cover_the_features():
         pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
         k, p, d = pair(kw["kernel_size"]), pair(kw["padding"]), pair(kw["dilation"])
         s = pair(kw["stride"]) if kw["stride"] is not None else k
+        hw = x.shape[1:3] if layout == "NHWC" else x.shape[2:]
         seen |= {("layout", layout), ("dtype", np.dtype(dtype).name)}
         seen |= {("padding",)} if max(p) > 0 else set()
         seen |= {("dilation",)} if max(d) > 1 else set()
@@ -360,19 +404,26 @@ def test_the_configurations_cover_the_features():
         seen |= {("stride>kernel",)} if s[0] > k[0] or s[1] > k[1] else set()
         seen |= {("nan",)} if np.isnan(x).any() else set()
         seen |= {("-inf",)} if np.isneginf(x).any() else set()
+        seen |= {("nan bits", np.dtype(dtype).name, b) for b in _bits(x[np.isnan(x)])}
         if kw["ceil_mode"]:
-            args = (x.shape[1:3] if layout == "NHWC" else x.shape[2:], kw["kernel_size"], kw["stride"],
-                    kw["padding"], kw["dilation"])
+            args = (hw, kw["kernel_size"], kw["stride"], kw["padding"], kw["dilation"])
             if pl.pool2d_output_size(*args, ceil_mode=True) != pl.pool2d_output_size(*args, ceil_mode=False):
                 seen.add(("ceil-changes-size",))
+        seen |= {("ceil-drops-window",)} if _drops_a_window(kw, hw) else set()
     for i in range(N_AVG_CONFIGS):
-        _, kw, _, _ = make_case("avg", i)
+        x, kw, layout, _ = make_case("avg", i)
         seen |= {("count_include_pad", kw["count_include_pad"])}
         seen |= {("divisor_override", None if kw["divisor_override"] is None else kw["divisor_override"] > 0)}
+        seen |= {("avg ceil-drops-window",)} if _drops_a_window(kw, x.shape[1:3] if layout == "NHWC" else
+                                                                    x.shape[2:]) else set()
     expected = {("layout", "NCHW"), ("layout", "NHWC"), ("dtype", "float32"), ("dtype", "float64"), ("padding",),
                 ("dilation",), ("ceil",), ("overlap",), ("stride>kernel",), ("nan",), ("-inf",),
-                ("ceil-changes-size",), ("count_include_pad", True), ("count_include_pad", False),
+                ("ceil-changes-size",), ("ceil-drops-window",), ("avg ceil-drops-window",),
+                ("count_include_pad", True), ("count_include_pad", False),
                 ("divisor_override", None), ("divisor_override", True), ("divisor_override", False)}
+    # every NaN of nans() (both signs, with and without a payload), in both dtypes
+    expected |= {("nan bits", np.dtype(dtype).name, b) for dtype in (np.float32, np.float64)
+                 for b in _bits(nans(dtype))}
     assert expected <= seen, expected - seen
 
 

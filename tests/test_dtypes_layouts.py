@@ -79,6 +79,29 @@ def test_grad_out_dtype_follows_x(dtype, backend):
     assert pl.global_avg_pool2d_backward(g, x, backend=backend).dtype == dtype
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_float64_grad_out_is_rounded_to_float32_first(backend, layout):
+    """A float64 ``grad_out`` for a float32 ``x`` is cast to float32 first, then summed in float32: the gradient is
+    the one for ``grad_out.astype(np.float32)``, bit for bit (overlapping windows, so that most cells add up several
+    gradients; random gradients of many magnitudes, so that adding in float64 and rounding once gives other bits)."""
+    rng = np.random.default_rng(17)
+    x = to_layout(rng.integers(-3, 4, (2, 3, 9, 8)).astype(np.float32), layout)   # ties: first maximum wins
+    kw = dict(kernel_size=3, stride=1, padding=1, layout=layout, backend=backend)
+    akw = dict(kernel_size=(3, 2), stride=(1, 2), padding=1, count_include_pad=False, layout=layout, backend=backend)
+    out, ind = pl.max_pool2d(x, **kw, return_indices=True)
+    cases = {"max": (out.shape, lambda g, xd: pl.max_pool2d_backward(g, xd, **kw)),
+             "max from indices": (out.shape, lambda g, xd: pl.max_pool2d_backward(g, xd, **kw, indices=ind)),
+             "min": (out.shape, lambda g, xd: pl.min_pool2d_backward(g, xd, **kw)),
+             "avg": (pl.avg_pool2d(x, **akw).shape, lambda g, xd: pl.avg_pool2d_backward(g, xd, **akw))}
+    for name, (shape, backward) in cases.items():
+        g64 = rng.standard_normal(shape) * np.exp2(rng.integers(-12, 13, shape))
+        expected = backward(g64.astype(np.float32), x)
+        assert expected.dtype == np.float32
+        assert_identical(backward(g64, x), expected, err_msg=name)
+        # the data can tell: adding the float64 gradients in float64 and rounding once gives other bits somewhere
+        assert not np.array_equal(backward(g64, x.astype(np.float64)).astype(np.float32), expected), name
+
+
 def test_float32_and_float64_agree_on_exact_values(backend):
     rng = np.random.default_rng(0)
     x = rng.integers(-8, 9, (2, 3, 9, 8)).astype(np.float64)  # small integers: exact in both dtypes

@@ -16,6 +16,7 @@ import pytest
 
 import pooling_lib
 from pooling_lib import grading
+from _helpers import import_torch
 from pooling_lib import _grading_cases as cases
 from pooling_lib.grading import EXERCISES, run_check
 
@@ -543,7 +544,7 @@ def test_other_mistakes_are_caught(name, wrong, hint):
                                                 ((1, 1, 3, 3), (5, 4)), ((1, 3, 10, 7), (4, 3)), ((1, 1, 4, 4), 1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_adaptive_reference_matches_pytorch(shape, output_size, dtype):
-    torch = _torch_or_skip()
+    torch = import_torch()
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     ours = cases.adaptive_avg_pool2d_reference(x, output_size)
     theirs = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), output_size).numpy()
@@ -609,12 +610,8 @@ def test_calling_pooling_lib_in_some_cases_only_earns_nothing(name):
     assert "earns no credit" in result.message
 
 
-def _torch_or_skip():
-    return pytest.importorskip("torch")
-
-
 def test_pytorch_is_not_writing_it_either():
-    torch = _torch_or_skip()
+    torch = import_torch()
 
     def max_pool_forward(x, kernel_size, stride, padding):  # PyTorch's pooling, a Python function of torch
         return torch.nn.functional.max_pool2d(torch.from_numpy(x), kernel_size, stride, padding).numpy()
@@ -642,7 +639,7 @@ def test_pytorch_is_not_writing_it_either():
 
 
 def test_pytorch_is_fine_where_pooling_lib_is():
-    torch = _torch_or_skip()
+    torch = import_torch()
 
     def memory_bound(shape, kernel_size, stride, padding, itemsize, bandwidth_gb_s):
         n_out = torch.tensor(pooling_lib.pool2d_output_size(shape[2:], kernel_size, stride, padding)).prod().item()

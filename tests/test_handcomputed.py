@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import pooling_lib as pl
-from _helpers import assert_identical
+from _helpers import assert_identical, assert_same_bits, nans
 
 nan, inf = np.nan, np.inf
 
@@ -269,6 +269,25 @@ def test_nan_wins_and_last_nan_gives_index(backend):
     assert_identical(ind, idx([[3]]))
     grad = pl.max_pool2d_backward(plane([[1, 2, 3]]), x, (1, 2), backend=backend)
     assert_identical(grad, plane([[0, 1, 0, 2, 0, 3]]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_winning_nan_keeps_its_sign_and_payload(backend, dtype):
+    """A window's winner is returned as it is: a NaN winner keeps its sign and payload bits, with and without
+    indices, for max and min pooling (PyTorch copies the winning element; it does not make a new NaN)."""
+    pos, neg, pos_payload, neg_payload = nans(dtype)
+    x = np.array([[[[1, neg, 3, pos_payload, neg_payload, 2, pos, 5]]]], dtype=dtype)
+    # (1, 2) windows: [1, -nan] -> -nan; [3, +nan'] -> +nan'; [-nan', 2] -> -nan'; [+nan, 5] -> +nan
+    pairs = np.array([[[[neg, pos_payload, neg_payload, pos]]]], dtype=dtype)
+    # (1, 4) windows: the last NaN of each wins: [1, -nan, 3, +nan'] -> +nan'; [-nan', 2, +nan, 5] -> +nan
+    fours = np.array([[[[pos_payload, pos]]]], dtype=dtype)
+    for pool in (pl.max_pool2d, pl.min_pool2d):
+        for kernel, expected in (((1, 2), pairs), ((1, 4), fours)):
+            assert_same_bits(pool(x, kernel, backend=backend), expected, err_msg=f"{pool.__name__} {kernel}")
+            out, _ = pool(x, kernel, return_indices=True, backend=backend)
+            assert_same_bits(out, expected, err_msg=f"{pool.__name__} {kernel} with indices")
+            nhwc = pool(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), kernel, layout="NHWC", backend=backend)
+            assert_same_bits(nhwc.transpose(0, 3, 1, 2), expected, err_msg=f"{pool.__name__} {kernel} NHWC")
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")

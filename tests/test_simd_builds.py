@@ -5,9 +5,11 @@
 build this machine picked; here every build that can run is swapped in and compared with the NumPy tier (bit for
 bit for max and min pooling, values and indices and gradients, and the average forward) and with the other
 build (bit for bit for everything, the average backward included). The inputs are large enough for the vector
-loops and the multi-threaded path, and hold ties, NaN of both signs, infinities and signed zeros. A winner keeps its
-bits, so max and min pooling must give each NaN's own sign; where an average sums NaNs of both signs, only the NaN
-is checked, not its sign (see ``_same_result``).
+loops, and hold ties, NaN of both signs, infinities and signed zeros, or random floats of many magnitudes (whose
+sums round differently when added in another order: an average must sum a window's taps in scan order in every
+vector loop too). The "threaded" cases run on two threads (``SMALL_WORK = 0``, two threads set, and checked). A
+winner keeps its bits, so max and min pooling must give each NaN's own sign; where an average sums NaNs of both
+signs, only the NaN is checked, not its sign (see ``_same_result``).
 """
 import ctypes
 import ctypes.util
@@ -49,7 +51,10 @@ CONFIGS = [  # kernel_size, stride, padding, dilation, ceil_mode
 
 def _input(kind, dtype, layout, shape):
     rng = np.random.default_rng(zlib.crc32(repr((kind, np.dtype(dtype).name, layout, shape)).encode()))
-    x = rng.integers(-3, 4, size=shape).astype(dtype)          # small integers: many ties
+    if kind == "normal":  # no ties, and magnitudes from 2**-6 to 2**6: a sum's rounding depends on its order
+        x = (rng.standard_normal(shape) * np.exp2(rng.integers(-6, 7, size=shape))).astype(dtype)
+    else:
+        x = rng.integers(-3, 4, size=shape).astype(dtype)      # small integers: many ties
     if kind == "nan":  # two NaNs that differ in their bits (the sign): a winner must keep its own
         pick = rng.random(shape)
         x[pick < 0.05] = np.nan
@@ -63,6 +68,15 @@ def _input(kind, dtype, layout, shape):
         x[(pick >= 0.1) & (pick < 0.2)] = -np.inf
         x[(pick >= 0.2) & (pick < 0.5)] = -0.0
         x[(pick >= 0.5) & (pick < 0.7)] = 0.0
+    elif kind == "mixed":  # the kinds above side by side, plane by plane, so that each thread's share of the planes
+        # (NCHW) or of the rows (NHWC) holds all of them; the NaN planes have their NaN in the first rows only, so
+        # that NHWC rows without NaN (which take the rule without the NaN test) come too
+        kinds = ("normal", "nan", "special", "ties")
+        parts = {k: _input(k, dtype, "NCHW", shape) for k in kinds}
+        parts["nan"][:, :, 6:] = parts["ties"][:, :, 6:]
+        for plane in range(shape[0] * shape[1]):
+            n, c = divmod(plane, shape[1])
+            x[n, c] = parts[kinds[plane % len(kinds)]][n, c]
     if layout == "NHWC":
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     return x
@@ -107,19 +121,54 @@ def build(request, monkeypatch):
     return request.param
 
 
-# "channels": 45 channels take every part of the NHWC AVX2 winner loops (blocks of 4 vectors, single vectors,
-# and the scalar rest) in both float types; "streamed": the paths that write large outputs with streaming stores
-# (STREAM_MIN_BYTES = 0), which the other shapes are too small for
-@pytest.mark.parametrize("shape, streamed", [((2, 5, 23, 29), False), ((2, 16, 48, 40), False),
-                                             ((2, 16, 48, 40), True), ((1, 45, 12, 11), False)],
-                         ids=["small", "threaded", "streamed", "channels"])
-@pytest.mark.parametrize("kind", ["ties", "nan", "few_nan", "special"])
+def _on_two_threads(request, monkeypatch):
+    """Run the compiled calls of this test on two threads, whatever the input's size (``SMALL_WORK = 0``), and
+    record the thread count each call chose: returns the list, to check after the calls that it holds only 2s."""
+    monkeypatch.setattr(cython_tier, "SMALL_WORK", 0)
+    previous = cython_tier.set_num_threads(2)
+    request.addfinalizer(lambda: cython_tier.set_num_threads(previous))
+    chosen = []
+    threads_for = cython_tier._threads_for
+
+    def recording(g):
+        chosen.append(threads_for(g))
+        return chosen[-1]
+
+    monkeypatch.setattr(cython_tier, "_threads_for", recording)
+    return chosen
+
+
+# name: (shape, threads, streamed). "channels": 45 channels take every part of the NHWC AVX2 winner loops (blocks
+# of 4 vectors, single vectors, and the scalar rest) in both float types; "streamed": the paths that write large
+# outputs with streaming stores (STREAM_MIN_BYTES = 0), which the other shapes are too small for; "threaded": two
+# threads share the planes (NCHW) or the rows and images (NHWC) of every kernel, checked (the streamed paths run on
+# two threads in test_against_torch.py's test_streamed_paths_match_torch_bitwise and
+# test_avg_backward_streamed_matches_torch). Each call on two threads waits for the second thread, long when the
+# cores are busy, as they are under pytest -n 2 (160 more two-thread cases took this file from about 28 s to 35-50 s
+# on two busy cores), so the threaded cases take the "mixed" values, every other kind in one input, and the other
+# shapes run on one thread.
+SHAPES = {"small": ((2, 5, 23, 29), 1, False), "channels": ((1, 45, 12, 11), 1, False),
+          "streamed": ((2, 16, 48, 40), 1, True), "threaded": ((2, 16, 48, 40), 2, False)}
+# The "normal" values (order-sensitive sums) are not run "streamed": streaming changes only the stores of the
+# backward, whose gradient does not depend on them.
+SHAPE_KINDS = ([pytest.param(shape_id, kind, id=f"{kind}-{shape_id}")
+                for kind in ("ties", "nan", "few_nan", "special", "normal") for shape_id in ("small", "channels")]
+               + [pytest.param("streamed", kind, id=f"{kind}-streamed") for kind in ("ties", "nan", "few_nan",
+                                                                                      "special")]
+               + [pytest.param("threaded", "mixed", id="mixed-threaded")])
+
+
+@pytest.mark.parametrize("shape_id, kind", SHAPE_KINDS)
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_each_build_matches_numpy_tier(build, monkeypatch, config, kind, shape, streamed, dtype, layout):
+def test_each_build_matches_numpy_tier(build, request, monkeypatch, config, kind, shape_id, dtype, layout):
+    shape, threads, streamed = SHAPES[shape_id]
+    chosen = _on_two_threads(request, monkeypatch) if threads == 2 else None
     if streamed:
         monkeypatch.setattr(cython_tier, "STREAM_MIN_BYTES", 0)
     x = _input(kind, dtype, layout, shape)
     ours = _run_all(x, layout, config)
+    if chosen is not None:
+        assert chosen and set(chosen) == {2}, f"the compiled calls chose {sorted(set(chosen))} threads, not 2"
     ref = _run_all(x, layout, config, backend="numpy")
     for i, (a, b) in enumerate(zip(ours, ref)):
         assert _same_result(i, a, b), f"result {i} of the {build} build differs from the NumPy tier"
@@ -163,6 +212,9 @@ def test_3x3_stride_2_at_every_width_reads_only_its_input(monkeypatch, padding, 
 @pytest.mark.parametrize("kind", ["ties", "nan", "few_nan", "special"])
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_builds_agree_bit_for_bit(monkeypatch, config, kind, streamed, dtype, layout):
+    """On one thread (this shape is below ``SMALL_WORK``): on two threads, each build is compared with the NumPy
+    tier, bit for bit for everything but the sign of a NaN average, in test_each_build_matches_numpy_tier's
+    "threaded" cases."""
     if streamed:
         monkeypatch.setattr(cython_tier, "STREAM_MIN_BYTES", 0)
     x = _input(kind, dtype, layout, (2, 16, 48, 40))
