@@ -13,10 +13,11 @@ PKG_SOURCES := pyproject.toml setup.py pooling_lib/_kernels.pyx pooling_lib/_ker
 all: test book
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.book-deps: $(PY) requirements.txt $(PKG_SOURCES)
+	@$(PY) -m pip --version >/dev/null || { echo "$(VENV) is broken (no pip): run make distclean, then make again"; exit 1; }
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
@@ -31,7 +32,7 @@ book: $(VENV)/.book-deps
 
 test: $(VENV)/.test-deps
 	$(PY) -m pytest tests pooling_lib --doctest-modules -n 2
-	@notebooks="$$($(PY) tests/toc_notebooks.py)"; \
+	@notebooks="$$($(PY) tests/toc_notebooks.py)" || exit 1; \
 	if [ -z "$$notebooks" ]; then echo "nbval: _toc.yml lists no notebook yet"; \
 	else echo "nbval over:" $$notebooks; $(PY) -m pytest --nbval --nbval-current-env -n 2 --dist loadfile $$notebooks; fi
 
@@ -41,8 +42,10 @@ bench: $(VENV)/.test-deps
 homework: $(VENV)/.book-deps
 	$(PY) tools/make_homework.py
 
+# clean also removes the install stamps: the compiled extension it deletes is rebuilt by the next make book/test
 clean:
-	rm -rf _build build pooling_lib/_kernels.c pooling_lib/_kernels_avx2.c pooling_lib/_buffers.c pooling_lib/*.so pooling_lib/*.html
+	rm -rf _build build dist pooling_lib.egg-info pooling_lib/_kernels.c pooling_lib/_kernels_avx2.c pooling_lib/_buffers.c pooling_lib/*.so pooling_lib/*.html
+	rm -f $(VENV)/.book-deps $(VENV)/.test-deps
 
 distclean: clean
 	rm -rf $(VENV)

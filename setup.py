@@ -55,7 +55,9 @@ class BuildExt(build_ext):
         else:
             # -ffp-contract=off: no fused multiply-add, so every float operation rounds as in NumPy (the kernels
             # must match the naive tier to the bit); never -ffast-math, for the same reason.
-            flags = ["-O3", "-ffp-contract=off"]
+            # -Werror=implicit-function-declaration: a C function the headers do not declare stops the build
+            # instead of the import
+            flags = ["-O3", "-ffp-contract=off", "-Werror=implicit-function-declaration"]
             link_flags = []
             if compiler_has_openmp(self.compiler):
                 flags.append("-fopenmp")
@@ -78,7 +80,10 @@ def kernel_extension(name):
         f"pooling_lib.{name}",
         [f"pooling_lib/{name}.pyx"],
         include_dirs=[np.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        # NPY_TARGET_VERSION 1.22: the oldest NumPy API with PyDataMem_SetHandler (_buffers). NumPy 2.2 (the
+        # newest on Python 3.10) targets 1.21 by default, which leaves that function undeclared: the module would
+        # build and then fail to import.
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")],
         optional=True,
     )
 
