@@ -33,8 +33,10 @@ machine of the README the NCHW kernel, timed right after another call had read t
 1.4 ms for its 2x2 forward, and 2.1 ms after a call that had read 192 MiB of other data. The Cython tier and
 PyTorch run on each thread count asked for; the others are single-threaded. A derived row ``memory-limit`` is the
 copy time scaled to the bytes the pooling pass must read and write (``x`` and the output forward; for the backward
-also ``grad_out`` and ``grad_x``, and for max pooling the int64 indices, written and read): no implementation can
-beat it by much.
+also ``grad_out`` and ``grad_x``, and for max pooling the int64 indices, written and read), one row per thread
+count, each scaled from the copy timed on that thread count: no implementation on as many threads can beat it by
+much. (Without the compiled tier the copy, and so the limit, is timed on one thread only.) The goal
+``cython/memory-limit`` compares the two on one thread.
 
 API
 ---
@@ -373,13 +375,13 @@ def run(shape=(32, 64, 56, 56), threads=(1,), repeats=7, ops=("max", "avg"), pas
                         "repeats": len(ts), "measured_shape": "x".join(map(str, measured)), "scale": scale,
                         "_group": (op, pass_),
                     })
-                    if impl == "copy" and n_threads == 1:
+                    if impl == "copy":  # the limit for this thread count: the copy on as many threads
                         outputs = int(np.prod((N, C) + out_shape))
                         moved = _bytes_moved(op, pass_, x.nbytes, outputs * x.itemsize, outputs * 8)
                         factor = moved / (2 * x.nbytes)  # the copy reads and writes x once each
                         rows.append({
                             "impl": "memory-limit", "layout": "NCHW", "op": op, "pass": pass_, "dtype": dtype,
-                            "config": cfg, "threads": 1, "shape": "x".join(map(str, shape)),
+                            "config": cfg, "threads": n_threads, "shape": "x".join(map(str, shape)),
                             "time_ms": median_ms * factor, "min_ms": min(ts) * 1e3 * factor, "repeats": len(ts),
                             "measured_shape": "x".join(map(str, shape)), "scale": factor, "_group": (op, pass_),
                         })
@@ -437,7 +439,9 @@ def ratios(rows):
 
 
 def format_table(rows):
-    """Times as a plain-text table: one line per (dtype, config, op, pass, threads), one column per impl."""
+    """Times as a plain-text table: one line per (dtype, config, op, pass, threads), one column per impl. The
+    single-threaded ``naive`` and ``numpy`` show their one time on every line; ``memory-limit`` shows the limit for
+    the line's thread count (``-`` where the copy was not timed on that many threads)."""
     impls = [i for i in IMPLS + ("memory-limit",) if any(r["impl"] == i for r in rows)]
     impls = [i for i in impls if i != "copy"]
     keys = []
@@ -454,7 +458,7 @@ def format_table(rows):
         cells = []
         for impl in impls:
             t = table.get((impl, op, pass_, dtype, config, thr))
-            if t is None and impl in ("naive", "numpy", "memory-limit"):
+            if t is None and impl in ("naive", "numpy"):  # single-threaded: timed once, on one thread
                 t = table.get((impl, op, pass_, dtype, config, 1))
             cells.append(f"{t:17.3f} ms" if t is not None else f"{'-':>20}")
         lines.append(f"{dtype:8} {config:9} {op:3} {pass_:16} {thr:>3} " + " ".join(cells))
@@ -512,8 +516,8 @@ def plot(rows, path=None):
     width = 0.8 / max(1, len(impls))
     for ax, (op, pass_) in zip(axes.flat, panels):
         for k, impl in enumerate(impls):
-            heights = [table.get((impl, op, pass_, dtype, c, 1 if impl in ("naive", "numpy", "memory-limit")
-                                  else threads), np.nan) for c in configs]
+            heights = [table.get((impl, op, pass_, dtype, c, 1 if impl in ("naive", "numpy") else threads),
+                                 np.nan) for c in configs]
             ax.bar(np.arange(len(configs)) + (k - (len(impls) - 1) / 2) * width, heights, width, label=impl)
         ax.set_yscale("log")
         ax.set_xticks(np.arange(len(configs)), configs)
@@ -565,6 +569,13 @@ def main(argv=None):
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
+    if not args.no_plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # said before the run, not after it
+            print("bench: matplotlib is not installed, so there will be no times.png (pip install matplotlib, or "
+                  "pooling_lib[bench]; --no-plot silences this)", file=sys.stderr)
+            args.no_plot = True
     shape = args.shape or ((2, 4, 16, 16) if args.quick else (32, 64, 56, 56))
     threads = args.threads or ([1] if args.quick else [1, 2])
     if max(threads) > 1 and not _spin_chosen(os.environ):
@@ -573,7 +584,8 @@ def main(argv=None):
         print("bench: re-running with " + " ".join(f"{k}={v}" for k, v in SPIN_ENV.items())
               + " (see pooling_lib.bench._WAIT_POLICY_NOTE)", file=sys.stderr, flush=True)
         env = dict(os.environ, **SPIN_ENV)
-        return subprocess.call([sys.executable, "-m", "pooling_lib.bench", *argv], env=env)
+        extra = ["--no-plot"] if args.no_plot else []  # already decided (and said) here
+        return subprocess.call([sys.executable, "-m", "pooling_lib.bench", *argv, *extra], env=env)
     repeats = args.repeats or (2 if args.quick else 7)
     rows = run(shape=shape, threads=threads, repeats=repeats, ops=args.ops, passes=args.passes, dtypes=args.dtypes,
                impls=args.impls, progress=True, flush_mb=args.flush_mb)

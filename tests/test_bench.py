@@ -3,6 +3,7 @@ and consistent. No timing is asserted: the machine's speed is not under test."""
 import csv
 import math
 import sys
+import time
 
 import pytest
 
@@ -74,6 +75,46 @@ def test_memory_limit_is_the_copy_scaled_by_the_bytes_moved(quick_run):
         # rows are medians of their own rounds, so compare with the factor, not the copy row's time
         assert math.isclose(float(r["scale"]), moved / 2), r
         assert (r["dtype"], r["config"]) in copy
+
+
+def test_each_thread_count_has_the_memory_limit_of_its_own_copy(monkeypatch):
+    """The memory-limit row of a thread count is scaled from the copy timed on that many threads: here the copy on
+    two threads is made to take at least 50 ms and the copy on one thread nothing, so a two-thread row scaled from
+    the one-thread copy (or a one-thread row from the two-thread copy) would be off by orders of magnitude."""
+    slow_s = 0.05
+
+    def fake_copy(x, n_threads, cython_tier):
+        return (lambda: time.sleep(slow_s)) if n_threads == 2 else (lambda: None)
+    monkeypatch.setattr(bench, "_threaded_copy", fake_copy)
+    rows = bench.run(shape=(1, 2, 8, 8), threads=(1, 2), repeats=1, ops=("max",), passes=("forward",),
+                     dtypes=("float64",), configs=("k2 s2",), impls=("numpy", "copy"), progress=False, flush_mb=0)
+    limits = {r["threads"]: r for r in rows if r["impl"] == "memory-limit"}
+    assert set(limits) == {1, 2}
+    for thr, r in limits.items():
+        assert r["threads"] == thr and r["scale"] == limits[1]["scale"]
+    factor = limits[2]["scale"]   # 8x8 -> 4x4, forward: (x + out) / (2 x) = (1 + 1/4) / 2
+    assert math.isclose(factor, 0.625)
+    assert limits[2]["time_ms"] >= slow_s * 1e3 * factor
+    assert limits[1]["time_ms"] < 0.1 * slow_s * 1e3 * factor
+    # the table shows each thread count's own limit, and the 1-thread goal uses the 1-thread limit
+    lines = {line.split()[5]: line for line in bench.format_table(rows).splitlines()   # "k2 s2" is two words
+             if line.startswith("float64")}
+    assert lines["2"].split()[-2] == f"{limits[2]['time_ms']:.3f}"
+    assert lines["1"].split()[-2] == f"{limits[1]['time_ms']:.3f}"
+
+
+def test_the_memory_limit_is_not_borrowed_from_another_thread_count():
+    """Where the copy was not timed on two threads (no compiled tier), a two-thread line shows no limit."""
+    rows = [{"impl": "memory-limit", "op": "max", "pass": "forward", "dtype": "float32", "config": "k2 s2",
+             "threads": 1, "time_ms": 1.0},
+            {"impl": "numpy", "op": "max", "pass": "forward", "dtype": "float32", "config": "k2 s2",
+             "threads": 1, "time_ms": 3.0},
+            {"impl": "torch", "op": "max", "pass": "forward", "dtype": "float32", "config": "k2 s2",
+             "threads": 2, "time_ms": 2.0}]
+    lines = [line for line in bench.format_table(rows).splitlines() if line.startswith("float32")]
+    assert [line.split()[5] for line in lines] == ["1", "2"]                     # "k2 s2" is two words
+    assert lines[0].split()[-2] == "1.000" and lines[1].split()[-1] == "-"
+    assert lines[1].split()[6:10] == ["3.000", "ms", "2.000", "ms"]   # numpy (one thread, stands for both), torch
 
 
 def test_ratio_table_names_every_goal_and_its_result(quick_run):
@@ -191,3 +232,21 @@ def test_max_forward_backward_is_pytorchs_recipe(monkeypatch):
     bench._ours(x, g, "max", "forward+backward", kwargs, "numpy")()
     assert len(seen) == 1
     np.testing.assert_array_equal(seen[0], functional.max_pool2d(x, **kwargs, return_indices=True)[1])
+
+
+def test_without_matplotlib_the_run_says_so_first_and_writes_no_plot(monkeypatch, tmp_path, capsys):
+    import importlib.util
+    import subprocess
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("bench: matplotlib is not installed, so there will be no times.png")  # before the run
+    assert (tmp_path / "times.csv").exists() and not (tmp_path / "times.png").exists()
+    calls = []  # the re-run with a short OpenMP spin is told, so that it says nothing a second time
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env: calls.append(cmd) or 0)
+    for key in bench._SPIN_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    assert bench.main(["--quick", "--threads", "1", "2", "--out", str(tmp_path)]) == 0
+    assert calls[0][-1] == "--no-plot"
