@@ -46,9 +46,13 @@ import warnings
 
 import numpy as np
 
-from .params import avg_divisors, index_error
+from .params import INT_MAX, avg_divisors, index_error
 
-from . import _kernels  # ImportError when the extension was not built: functional then leaves this tier out
+import importlib
+
+# ImportError when the extension was not built (functional then leaves this tier out). import_module says "No module
+# named 'pooling_lib._kernels'", or why it did not load; "from . import _kernels" would blame a circular import.
+_kernels = importlib.import_module(__package__ + "._kernels")
 
 try:
     from . import _buffers
@@ -123,10 +127,19 @@ def set_num_threads(n):
     Without OpenMP (see :func:`openmp_enabled`) the count is recorded but the kernels run on one thread.
     """
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n must be a positive int, got {n!r}")
+    if not 1 <= n <= INT_MAX:
+        raise ValueError(f"n must be a positive int of at most 2**31 - 1 (a C int), got {n!r}")
     previous, _num_threads = _num_threads, int(n)
     return previous
+
+
+def _c_aligned(a):
+    """``a`` C-contiguous and aligned, as the NCHW kernels require (checked in C): a copy only when it is not.
+    ``np.ascontiguousarray`` would return a contiguous array that is not aligned (a buffer at an odd offset)
+    unchanged."""
+    return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C")
 
 
 def _is_nhwc(a):
@@ -214,7 +227,7 @@ def max_pool_forward(x, g, minimum=False, return_indices=True):
         _kernels.extremum_nhwc(xm, out, indices, *_geometry_args(g), minimum, return_indices, nt)
         out = out.transpose(0, 3, 1, 2)
         return out, (indices.transpose(0, 3, 1, 2) if return_indices else None)
-    x = np.ascontiguousarray(x)
+    x = _c_aligned(x)
     out = _empty(g.out_shape, x.dtype)
     if return_indices:
         indices = _empty(g.out_shape, np.int64)
@@ -276,13 +289,13 @@ def max_pool_backward_indices(grad_out, indices, x, g):
     nhwc = _is_nhwc(x)
     grad_out = grad_out.astype(x.dtype, copy=False)
     if nhwc:
-        gm = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))
-        im = np.ascontiguousarray(indices.transpose(0, 2, 3, 1))
+        gm = _c_aligned(grad_out.transpose(0, 2, 3, 1))
+        im = _c_aligned(indices.transpose(0, 2, 3, 1))
         grad_x = _empty((g.N, g.H, g.W, g.C), x.dtype)
         unit = g.H * g.W * g.C
     else:
-        gm = np.ascontiguousarray(grad_out)
-        im = np.ascontiguousarray(indices)
+        gm = _c_aligned(grad_out)
+        im = _c_aligned(indices)
         grad_x = _empty((g.N, g.C, g.H, g.W), x.dtype)
         unit = g.H * g.W
     stage = _stage(grad_x, unit, nt)
@@ -305,14 +318,14 @@ def max_pool_backward(grad_out, x, g, minimum=False):
     # the NHWC kernel holds tap numbers in the float type: exact below 2**24 taps for float32
     if _is_nhwc(x) and (x.dtype == np.float64 or g.kernel_h * g.kernel_w < 2**24):
         xm = x.transpose(0, 2, 3, 1)
-        gm = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))
+        gm = _c_aligned(grad_out.transpose(0, 2, 3, 1))
         grad_x = _empty((g.N, g.H, g.W, g.C), x.dtype)
         best = _scratch(nt, 2 * g.C, x.dtype)
         tap = _scratch(nt, 2 * g.C, x.dtype)
         _kernels.extremum_backward_nhwc(xm, gm, grad_x, best, tap, *_geometry_args(g), minimum, nt)
         return grad_x.transpose(0, 3, 1, 2)
-    x = np.ascontiguousarray(x)
-    grad_out = np.ascontiguousarray(grad_out)
+    x = _c_aligned(x)
+    grad_out = _c_aligned(grad_out)
     grad_x = _empty((g.N, g.C, g.H, g.W), x.dtype)
     best = _scratch(nt, g.out_w, x.dtype)
     tap = _scratch(nt, 2 * g.out_w, x.dtype)             # the winners of two window rows
@@ -342,7 +355,7 @@ def avg_pool_forward(x, g, count_include_pad=True, divisor_override=None):
         out = _nhwc_empty(g, x.dtype)
         _kernels.avg_nhwc(x.transpose(0, 2, 3, 1), out, divisors, *_geometry_args(g, dilation=False), nt)
         return out.transpose(0, 3, 1, 2)
-    x = np.ascontiguousarray(x)
+    x = _c_aligned(x)
     out = _empty(g.out_shape, x.dtype)
     _kernels.avg_nchw(x, out, divisors, *_geometry_args(g, dilation=False), nt)
     return out
@@ -365,7 +378,7 @@ def avg_pool_backward(grad_out, g, dtype, count_include_pad=True, divisor_overri
         _kernels.avg_backward_nhwc(grad_out.transpose(0, 2, 3, 1), grad_x, divisors, share,
                                    *_geometry_args(g, dilation=False), nt)
         return grad_x.transpose(0, 3, 1, 2)
-    grad_out = np.ascontiguousarray(grad_out)
+    grad_out = _c_aligned(grad_out)
     grad_x = _empty((g.N, g.C, g.H, g.W), dtype)
     layers = _kernels.avg_backward_layers(g.kernel_h, g.kernel_w, g.stride_w)
     share = _scratch(nt, g.out_w + g.W * (1 + layers), dtype)

@@ -312,6 +312,9 @@ def _global_kernel(x, layout):
     """The whole plane as one window: ``(H, W)`` of ``x``, validated."""
     x = check_input(x)
     shape = to_nchw(x, check_layout(layout)).shape
+    if min(shape[2:]) < 1:  # before the plane becomes a kernel_size, which the caller did not pass
+        raise ValueError(f"x must have a plane of at least 1 x 1 for global pooling, got H x W = "
+                         f"{shape[2]} x {shape[3]} (shape {x.shape}, layout {layout!r})")
     return x, shape[2:]
 
 

@@ -46,16 +46,22 @@ def _as_int(value, name):
 
 
 def as_pair(value, name):
-    """Normalise an int or a pair of ints to a ``(height, width)`` tuple of Python ints.
+    """Normalise an int, a pair of ints or (as PyTorch allows) a 1-tuple to a ``(height, width)`` tuple of ints.
 
     >>> as_pair(3, "kernel_size")
     (3, 3)
     >>> as_pair((2, 3), "stride")
     (2, 3)
+    >>> as_pair((2,), "padding")
+    (2, 2)
     """
     if isinstance(value, (tuple, list)):
+        if len(value) == 1:
+            v = _as_int(value[0], name)
+            return (v, v)
         if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got a sequence of length {len(value)}: {value!r}")
+            raise ValueError(f"{name} must be an int or a tuple of one or two ints, got a sequence of length "
+                             f"{len(value)}: {value!r}")
         return (_as_int(value[0], name), _as_int(value[1], name))
     if isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be an int or a pair of ints, got an array; pass a tuple instead")
@@ -65,6 +71,13 @@ def as_pair(value, name):
 
 INT_MAX = 2**31 - 1  # sizes are C ints in the compiled kernels, as in PyTorch, which refuses larger ones too
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _stride_pair(stride, kernel):
+    """The stride as a pair: ``None`` or an empty tuple or list (PyTorch's default) means the kernel size."""
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        return kernel
+    return _positive_pair(stride, "stride")
 
 
 def _positive_pair(value, name):
@@ -110,7 +123,7 @@ def pool2d_output_size(input_size, kernel_size, stride=None, padding=0, dilation
     ------
     TypeError, ValueError
         For non-integer or non-positive ``kernel_size``, ``stride``, ``dilation``, negative ``padding``
-        or ``input_size``.
+        or ``input_size``, and for a pair of two different values with a single ``input_size``.
 
     Examples
     --------
@@ -126,12 +139,17 @@ def pool2d_output_size(input_size, kernel_size, stride=None, padding=0, dilation
     if min(sizes) < 0:
         raise ValueError(f"input_size must be non-negative, got {input_size!r}")
     k = _positive_pair(kernel_size, "kernel_size")
-    s = k if stride is None else _positive_pair(stride, "stride")
+    s = _stride_pair(stride, k)
     p = as_pair(padding, "padding")
     if min(p) < 0:
         raise ValueError(f"padding must be non-negative, got {padding!r}")
     d = _positive_pair(dilation, "dilation")
     ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+    if scalar:  # one length: a pair of two different values would be half ignored
+        for name, pair in (("kernel_size", k), ("stride", s), ("padding", p), ("dilation", d)):
+            if pair[0] != pair[1]:
+                raise ValueError(f"{name} has two different values, {pair}, but input_size is one length, "
+                                 f"{input_size!r}: pass (H, W) as input_size")
     out = tuple(_output_length(*args, ceil_mode) for args in zip(sizes, k, s, p, d))
     return out[0] if scalar else out
 
@@ -202,7 +220,11 @@ def _as_float_array(x, name):
     """``x`` as a float32 or float64 ndarray (see :func:`check_input`), or raise TypeError."""
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple, numbers.Number)):
-            x = np.asarray(x)
+            try:
+                x = np.asarray(x)
+            except ValueError as exc:  # a ragged nested list: NumPy's message does not name the argument
+                raise ValueError(f"{name} must be an array, or nested lists of numbers with one shape: {exc}") \
+                    from None
         else:
             raise TypeError(f"{name} must be a NumPy array, got {type(x).__name__}")
     kind = x.dtype.kind
@@ -265,7 +287,7 @@ def pool_geometry(x_nchw, kernel_size, stride=None, padding=0, dilation=1, ceil_
 def _check_geometry(shape, kernel_size, stride, padding, dilation, ceil_mode, layout):
     """:func:`pool_geometry`'s checks, for an input of NCHW ``shape``."""
     k = _positive_pair(kernel_size, "kernel_size")
-    s = k if stride is None else _positive_pair(stride, "stride")
+    s = _stride_pair(stride, k)
     p = as_pair(padding, "padding")
     if min(p) < 0:
         raise ValueError(f"padding must be non-negative, got {padding!r}")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import pooling_lib as pl
-from _helpers import compiled_builds
+from _helpers import compiled_builds, import_torch
 from pooling_lib import functional as F
 
 X = np.zeros((1, 1, 4, 4))
@@ -48,7 +48,7 @@ def test_the_good_defaults_work():
 SIZE_CASES = [
     (0, ValueError), (-1, ValueError), ((2, 0), ValueError), ((-2, 2), ValueError),
     (2.0, TypeError), ((2, 2.0), TypeError), (True, TypeError), ((2, False), TypeError), (np.bool_(True), TypeError),
-    ((2, 2, 2), ValueError), ((2,), ValueError), ((), ValueError), ("2", TypeError), (np.array([2, 2]), TypeError),
+    ((2, 2, 2), ValueError), ("2", TypeError), (np.array([2, 2]), TypeError), ((2, 0.5), TypeError), ((0,), ValueError),
     (1.5, TypeError), (2**31, ValueError), ((2, 2**31), ValueError),  # a C int in the kernels, as in PyTorch
 ]
 
@@ -58,6 +58,16 @@ SIZE_CASES = [
 def test_bad_kernel_size(func, value, exc):
     with pytest.raises(exc, match="kernel_size"):
         WINDOWED_FUNCS[func](kernel_size=value)
+
+
+@pytest.mark.parametrize("func", list(WINDOWED_FUNCS))
+def test_an_empty_tuple_is_a_size_only_for_the_stride(func):
+    # PyTorch: an empty stride means the default (kernel_size); an empty kernel_size, padding or dilation is an error
+    for name in ("kernel_size", "padding") + (("dilation",) if func in EXTREMUM_FUNCS else ()):
+        with pytest.raises(ValueError, match=name):
+            WINDOWED_FUNCS[func](**{name: ()})
+    assert_same = WINDOWED_FUNCS[func](stride=()).tobytes() == WINDOWED_FUNCS[func](stride=None).tobytes()
+    assert assert_same and WINDOWED_FUNCS[func](stride=[]).shape == WINDOWED_FUNCS[func]().shape
 
 
 @pytest.mark.parametrize("value, exc", SIZE_CASES, ids=repr)
@@ -769,3 +779,91 @@ def test_indices_of_the_wrong_shape_or_type_are_refused():
     nhwc = np.zeros((1, 4, 4, 2))
     with pytest.raises(ValueError, match=r"\(1, 2, 2, 2\) \(NHWC\), got \(1, 2, 2, 1\)"):
         pl.max_pool2d_backward(np.zeros((1, 2, 2, 2)), nhwc, 2, layout="NHWC", indices=np.zeros((1, 2, 2, 1), int))
+
+
+@pytest.mark.parametrize("backend", pl.available_backends())
+@pytest.mark.parametrize("kw", [dict(kernel_size=(3,)), dict(kernel_size=3, stride=(2,), padding=(1,)),
+                                dict(kernel_size=3, stride=()), dict(kernel_size=(3,), stride=[], dilation=(2,)),
+                                dict(kernel_size=(2, 3), stride=(1,), padding=(1,))], ids=repr)
+def test_one_tuples_and_an_empty_stride_are_pytorchs(backend, kw):
+    torch = import_torch()
+    x = np.random.default_rng(3).standard_normal((2, 3, 9, 8))
+    out, indices = pl.max_pool2d(x, **kw, return_indices=True, backend=backend)
+    t_out, t_indices = torch.nn.functional.max_pool2d(torch.from_numpy(x), **kw, return_indices=True)
+    assert out.tobytes() == t_out.numpy().tobytes() and indices.tobytes() == t_indices.numpy().tobytes()
+    if "dilation" not in kw:
+        assert pl.avg_pool2d(x, **kw, backend=backend).tobytes() == \
+            torch.nn.functional.avg_pool2d(torch.from_numpy(x), **kw).numpy().tobytes()
+
+
+def _unaligned(a):
+    """A C-contiguous copy of ``a`` whose data starts one byte into its buffer: not aligned."""
+    b = np.ndarray(a.shape, a.dtype, buffer=bytearray(a.nbytes + 1), offset=1)
+    b[...] = a
+    assert b.flags.c_contiguous and not b.flags.aligned
+    return b
+
+
+@pytest.mark.parametrize("backend", pl.available_backends())
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unaligned_arrays_give_the_same_bits(backend, layout, dtype):
+    # NumPy makes such arrays from a buffer at an odd offset; the compiled kernels need aligned ones (a copy)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x
+    kw = dict(kernel_size=3, stride=2, padding=1, layout=layout, backend=backend)
+    for forward, backward in ((pl.max_pool2d, pl.max_pool2d_backward), (pl.min_pool2d, pl.min_pool2d_backward)):
+        out, indices = forward(x, **kw, return_indices=True)
+        got, got_indices = forward(_unaligned(x), **kw, return_indices=True)
+        assert got.tobytes() == out.tobytes() and got_indices.tobytes() == indices.tobytes()
+        g = rng.standard_normal(out.shape).astype(dtype)
+        want = backward(g, x, **kw, indices=indices)
+        assert backward(_unaligned(g), _unaligned(x), **kw, indices=_unaligned(indices)).tobytes() == want.tobytes()
+        assert backward(_unaligned(g), _unaligned(x), **kw).tobytes() == want.tobytes()
+    out = pl.avg_pool2d(x, **kw)
+    assert pl.avg_pool2d(_unaligned(x), **kw).tobytes() == out.tobytes()
+    g = rng.standard_normal(out.shape).astype(dtype)
+    assert pl.avg_pool2d_backward(_unaligned(g), x, **kw).tobytes() == pl.avg_pool2d_backward(g, x, **kw).tobytes()
+    gkw = dict(layout=layout, backend=backend)
+    g2 = rng.standard_normal((2, 3)).astype(dtype)
+    for forward, backward in ((pl.global_max_pool2d, pl.global_max_pool2d_backward),
+                              (pl.global_avg_pool2d, pl.global_avg_pool2d_backward)):
+        assert forward(_unaligned(x), **gkw).tobytes() == forward(x, **gkw).tobytes()
+        assert backward(_unaligned(g2), _unaligned(x), **gkw).tobytes() == backward(g2, x, **gkw).tobytes()
+
+
+def test_set_num_threads_checks_its_argument():
+    if "cython" not in pl.available_backends():
+        pytest.skip("the compiled tier is not built on this machine")
+    from pooling_lib import cython_tier
+
+    for bad, exc in (("2", TypeError), (2.0, TypeError), (True, TypeError), (None, TypeError), (0, ValueError),
+                     (-1, ValueError), (2**31, ValueError)):
+        with pytest.raises(exc, match="n must be a positive int"):
+            cython_tier.set_num_threads(bad)
+    previous = cython_tier.set_num_threads(np.int64(2))
+    try:
+        assert cython_tier.set_num_threads(2**31 - 1) == 2
+    finally:
+        cython_tier.set_num_threads(previous)
+
+
+def test_pool2d_output_size_refuses_half_a_pair():
+    assert pl.pool2d_output_size(5, (2, 2)) == 2 and pl.pool2d_output_size((5, 7), (2, 3)) == (2, 2)
+    for name, kw in (("kernel_size", dict(kernel_size=(2, 3))), ("stride", dict(kernel_size=2, stride=(1, 2))),
+                     ("padding", dict(kernel_size=2, padding=(0, 1))), ("dilation", dict(kernel_size=2, dilation=(1, 2)))):
+        with pytest.raises(ValueError, match=f"{name} has two different values.*input_size is one length"):
+            pl.pool2d_output_size(5, **kw)
+
+
+@pytest.mark.parametrize("func", list(GLOBAL_FUNCS))
+@pytest.mark.parametrize("shape", [(1, 1, 0, 3), (1, 1, 3, 0)])
+def test_global_pooling_of_an_empty_plane_names_x(func, shape):
+    with pytest.raises(ValueError, match=r"x must have a plane of at least 1 x 1 for global pooling"):
+        GLOBAL_FUNCS[func](x=np.zeros(shape))
+
+
+def test_a_ragged_list_names_x():
+    with pytest.raises(ValueError, match="x must be an array, or nested lists of numbers with one shape"):
+        pl.max_pool2d([[[[1.0, 2.0], [3.0]]]], 1)

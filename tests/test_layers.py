@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import pooling_lib as pl
-from _helpers import assert_identical, distinct_values
+from _helpers import assert_identical, distinct_values, import_torch
 
 LAYER_CASES = [
     (pl.MaxPool2d, dict(kernel_size=3, stride=2, padding=1), pl.max_pool2d, pl.max_pool2d_backward),
@@ -126,7 +126,7 @@ def test_repr_names_the_class_and_options_and_round_trips(layer, name):
 
 def test_repr_shows_given_values():
     assert "kernel_size=3" in repr(pl.MaxPool2d(3))
-    assert "stride=None" in repr(pl.MaxPool2d(3))
+    assert "stride=3" in repr(pl.MaxPool2d(3))  # PyTorch's default, shown as torch.nn.MaxPool2d shows it
     assert "stride=(1, 2)" in repr(pl.AvgPool2d(3, stride=(1, 2)))
     assert "divisor_override=5" in repr(pl.AvgPool2d(3, divisor_override=5))
     assert "layout='NHWC'" in repr(pl.GlobalAvgPool2d(layout="NHWC"))
@@ -143,3 +143,60 @@ def test_layer_default_options_are_the_functions_defaults():
     layer = pl.MaxPool2d(3, 2)
     layer(x)
     assert_identical(layer.backward(g), pl.max_pool2d_backward(g, x, 3, 2))
+
+
+MAX_ARGS = [(2,), (3, 2, 1), (3, 1, 1, 2, False, True), ((2, 3), (1, 2), (1, 0), (2, 1), True, False), (3, None)]
+AVG_ARGS = [(2,), (3, 2, 1), (3, 2, 1, True, False, 5), ((2, 3), (1, 2), (1, 0), False, True, None), (3, None)]
+
+
+@pytest.mark.parametrize("args", MAX_ARGS, ids=repr)
+@pytest.mark.parametrize("name", ["MaxPool2d", "AvgPool2d"])
+def test_layer_arguments_and_attributes_are_pytorchs(name, args):
+    # the same positional order as torch.nn, the same attributes (stride defaults to kernel_size)
+    torch = import_torch()
+    if name == "AvgPool2d":
+        args = AVG_ARGS[MAX_ARGS.index(args)]
+    ours, theirs = getattr(pl, name)(*args), getattr(torch.nn, name)(*args)
+    names = (("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode") if name == "MaxPool2d"
+             else ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"))
+    for attr in names:
+        assert getattr(ours, attr) == getattr(theirs, attr), attr
+    x = distinct_values((1, 2, 7, 8), seed=5)
+    got, want = ours(x), theirs(torch.from_numpy(x))
+    if name == "MaxPool2d" and ours.return_indices:
+        assert_identical(got[0], want[0].numpy())
+        assert_identical(got[1], want[1].numpy())
+    else:
+        assert_identical(got, want.numpy())
+
+
+def test_a_changed_attribute_takes_effect():
+    layer = pl.MaxPool2d(2)
+    x = distinct_values((1, 1, 6, 6), seed=6)
+    layer.kernel_size, layer.stride, layer.padding = 3, 1, 1
+    assert_identical(layer(x), pl.max_pool2d(x, 3, 1, 1))
+    g = distinct_values((1, 1, 6, 6), seed=7)
+    assert_identical(layer.backward(g), pl.max_pool2d_backward(g, x, 3, 1, 1))
+
+
+def test_return_indices_returns_the_indices_the_backward_uses():
+    layer = pl.MaxPool2d(3, 2, 1, return_indices=True)
+    x = distinct_values((2, 3, 7, 7), seed=8)
+    out, indices = layer(x)
+    want_out, want_indices = pl.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert_identical(out, want_out)
+    assert_identical(indices, want_indices)
+    g = distinct_values(out.shape, seed=9)
+    assert_identical(layer.backward(g), pl.max_pool2d_backward(g, x, 3, 2, 1, indices=want_indices))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_global_max_layer_keeps_the_indices(layout):
+    # a change of x in place between forward and backward does not move the gradient: it goes by the indices
+    x = np.array([[[[1.0, 5.0], [2.0, 3.0]]], [[[4.0, 0.0], [7.0, 6.0]]]])
+    x = x.transpose(0, 2, 3, 1).copy() if layout == "NHWC" else x
+    layer = pl.GlobalMaxPool2d(layout=layout)
+    assert_identical(layer(x), pl.global_max_pool2d(x, layout=layout))
+    want = pl.global_max_pool2d_backward(np.array([[2.0], [3.0]]), x, layout=layout)
+    x[...] = 9.0 - x  # every winner moves
+    assert_identical(layer.backward(np.array([[2.0], [3.0]])), want)
