@@ -904,7 +904,7 @@ def _avg_negative_start(grad_out, x, k, s, p, count_include_pad):
 
 HINT_NEGATIVE_START = ("a window cut by the padding starts at a negative index (top = i*stride - padding), and a "
                        "slice from a negative start counts from the end of the array: x[-1:2] is empty, so that "
-                       "window's gradient is lost. Clip the start to 0: rows max(top, 0) to "
+                       "window's cells are missed. Clip the start to 0: rows max(top, 0) to "
                        "min(top + kernel_size, H), and the same for the columns.")
 
 

@@ -46,7 +46,7 @@ import warnings
 
 import numpy as np
 
-from .params import INT_MAX, avg_divisors, index_error
+from .params import avg_divisors, index_error
 
 import importlib
 
@@ -121,16 +121,21 @@ def get_num_threads():
     return _num_threads
 
 
+MAX_THREADS = 1024  # OpenMP starts every thread with a stack of its own: far more fail, or abort the process
+
+
 def set_num_threads(n):
-    """Use ``n`` threads (a positive int) in the compiled kernels from now on; returns the previous count.
+    """Use ``n`` threads (an int from 1 to ``MAX_THREADS``) in the compiled kernels from now on; returns the
+    previous count. More threads than cores only add overhead.
 
     Without OpenMP (see :func:`openmp_enabled`) the count is recorded but the kernels run on one thread.
     """
     global _num_threads
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n must be a positive int, got {n!r}")
-    if not 1 <= n <= INT_MAX:
-        raise ValueError(f"n must be a positive int of at most 2**31 - 1 (a C int), got {n!r}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n must be a positive int of at most {MAX_THREADS} (each thread needs a stack of its "
+                         f"own), got {n!r}")
     previous, _num_threads = _num_threads, int(n)
     return previous
 

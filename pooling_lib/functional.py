@@ -333,11 +333,23 @@ def _unsqueeze(grad_out, x, layout):
     return grad_out[:, :, None, None] if layout == "NCHW" else grad_out[:, None, None, :]
 
 
-def global_max_pool2d(x, layout="NCHW", backend="auto"):
+def _global_indices(indices, x, layout):
+    """Check a global max pooling's ``indices`` against ``(N, C)`` and give them the pooled 4-D shape."""
+    n, c = (x.shape[0], x.shape[1]) if layout == "NCHW" else (x.shape[0], x.shape[3])
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices must be a NumPy array of int64, got {type(indices).__name__}")
+    if indices.shape != (n, c):
+        raise ValueError(f"indices must have the shape of the global pooling output (N, C) = {(n, c)}, "
+                         f"got {indices.shape}")
+    return indices[:, :, None, None] if layout == "NCHW" else indices[:, None, None, :]
+
+
+def global_max_pool2d(x, layout="NCHW", backend="auto", return_indices=False):
     """Global max pooling: the maximum of each channel's whole plane, shape ``(N, C)``.
 
-    The same as ``torch.nn.functional.adaptive_max_pool2d(x, 1)`` without the trailing 1 x 1 axes: it is max
-    pooling with one window that covers the plane, so NaN and ties behave as in :func:`max_pool2d`. ``layout`` and
+    The same as ``torch.nn.functional.adaptive_max_pool2d(x, 1, return_indices)`` without the trailing 1 x 1 axes:
+    it is max pooling with one window that covers the plane, so NaN and ties behave as in :func:`max_pool2d`, and
+    the indices (``(N, C)``, int64) are the winners' flat positions ``h * W + w`` in their plane. ``layout`` and
     ``backend`` are as for :func:`max_pool2d`.
 
     Examples
@@ -347,11 +359,15 @@ def global_max_pool2d(x, layout="NCHW", backend="auto"):
     array([[3., 7.]])
     """
     x, kernel = _global_kernel(x, layout)
+    if return_indices:
+        out, indices = max_pool2d(x, kernel, layout=layout, backend=backend, return_indices=True)
+        return _squeeze(out, layout), _squeeze(indices, layout)
     return _squeeze(max_pool2d(x, kernel, layout=layout, backend=backend), layout)
 
 
-def global_max_pool2d_backward(grad_out, x, layout="NCHW", backend="auto"):
-    """Gradient of :func:`global_max_pool2d`: each ``grad_out[n, c]`` goes to the plane's first maximum only.
+def global_max_pool2d_backward(grad_out, x, layout="NCHW", backend="auto", indices=None):
+    """Gradient of :func:`global_max_pool2d`: each ``grad_out[n, c]`` goes to the plane's first maximum only, or,
+    given the forward's ``indices``, to the cell they name (as :func:`max_pool2d_backward` does).
 
     Examples
     --------
@@ -361,7 +377,10 @@ def global_max_pool2d_backward(grad_out, x, layout="NCHW", backend="auto"):
              [0., 0.]]]])
     """
     x, kernel = _global_kernel(x, layout)
-    return max_pool2d_backward(_unsqueeze(grad_out, x, layout), x, kernel, layout=layout, backend=backend)
+    if indices is not None:
+        indices = _global_indices(indices, x, layout)
+    return max_pool2d_backward(_unsqueeze(grad_out, x, layout), x, kernel, layout=layout, backend=backend,
+                               indices=indices)
 
 
 def global_avg_pool2d(x, layout="NCHW", backend="auto"):

@@ -236,11 +236,9 @@ def _exception_hint(exc):
         from ._grading_cases import HINT_NUMPY2
         return HINT_NUMPY2
     if isinstance(exc, ValueError) and ("zero-size array" in str(exc) or "empty sequence" in str(exc)):
-        return ("a window is empty. Either it starts before the input: window (i, j) starts at (i*stride - padding, "
-                "j*stride - padding), which is negative for a window cut by the padding, and a slice from a "
-                "negative start counts from the end of the array (x[-1:2] is empty), so clip the start to 0 "
-                "(rows max(top, 0) to min(top + kernel_size, H)); or it starts past the end: check the output "
-                "size, floor((H + 2p - k) / s) + 1 rows from H and columns from W.")
+        from ._grading_cases import HINT_NEGATIVE_START
+        return ("a window is empty. Maybe " + HINT_NEGATIVE_START + " Or the window starts past the end of the "
+                "input: check the output size, floor((H + 2p - k) / s) + 1 rows from H and columns from W.")
     if isinstance(exc, IndexError):
         return ("an index ran past the array: check where each window starts and ends, and the output size "
                 "floor((H + 2p - k) / s) + 1.")
@@ -388,8 +386,8 @@ def run_check(name, fn):
     """Run exercise ``name``'s battery on ``fn`` and return a :class:`CheckResult` (never raises on a wrong
     answer or an exception inside ``fn``).
 
-    No credit (score 0) for a function that calls, in any case of the battery, pooling_lib's own pooling code
-    (when the exercise asks for the student's own code; ``Exercise.allowed`` lists the exceptions) or the
+    No credit (score 0) for a function that calls, in any case of the battery, pooling_lib's own pooling code or
+    PyTorch (when the exercise asks for the student's own code; ``Exercise.allowed`` lists the exceptions) or the
     grader's references, nor for one that gives every right answer but fails the exercise's extra requirement.
     "not implemented yet" when every case raises NotImplementedError; a case that raises it alone just fails.
     """
@@ -515,21 +513,36 @@ class _TimeUp(BaseException):
     ``run_check`` (which reports every ``Exception`` of the student's as a failed case) lets it through."""
 
 
+ALARM_REPEATS = 5  # interrupts sent to a check past its time limit (code may catch some) before it is left to run
+
+
 def _check_in_time(name, fn, seconds):
-    """``run_check(name, fn)``, or a failed result if it takes longer than ``seconds`` (an endless loop): a
-    SIGALRM timer, where there is one (POSIX, main thread), interrupts the student's code, again every second
-    in case the code catches the first interrupt."""
+    """``run_check(name, fn)``, or a failed result if it takes longer than ``seconds`` (an endless loop).
+
+    A SIGALRM timer, where there is one (POSIX, main thread), interrupts the student's Python code, and again every
+    second up to ``ALARM_REPEATS`` times in case the code catches the interrupt. Code that catches them all, or
+    that runs in C (a compiled kernel), is not stopped here: the grading cell's own time limit ends the run then.
+    A timer that was already set (another tool's) is set again afterwards, with what was left of its time.
+    """
     import signal
     import threading
+    import time
 
     if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
         return run_check(name, fn)
+    alarms = 0
 
     def time_up(signum, frame):
+        nonlocal alarms
+        alarms += 1
+        if alarms > ALARM_REPEATS:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # give up: the cell's time limit takes over
+            return
         raise _TimeUp()
 
+    start = time.monotonic()
     previous = signal.signal(signal.SIGALRM, time_up)
-    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
     try:
         return run_check(name, fn)
     except _TimeUp:
@@ -539,6 +552,8 @@ def _check_in_time(name, fn, seconds):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_delay:  # the caller's timer: what was left of it (at least a moment, so that it still fires)
+            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 1e-3), outer_interval)
 
 
 def _report(names, namespace, token, seconds=None):
@@ -617,6 +632,38 @@ _pooling_grading = _pooling_importlib.reload(_pooling_grading)
 _pooling_grading._report({names!r}, globals(), {token!r}, {seconds!r})"""
 
 
+INTERRUPT_GRACE = 10.0  # seconds a cell has to stop after the interrupt its time limit sent
+
+
+def _client_class():
+    """nbclient's NotebookClient, but a cell past its time limit is interrupted once, and ends the run (as
+    CellTimeoutError) only if it is still running ``INTERRUPT_GRACE`` seconds later: it caught the interrupt, or
+    it is in C code that does not see it. (nbclient's own ``interrupt_on_timeout`` would interrupt it again and
+    again and wait forever.)"""
+    import asyncio
+    import time
+
+    from jupyter_core.utils import ensure_async
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError
+
+    class InterruptOnceClient(NotebookClient):
+        _stopping = None  # (the cell being stopped, when its grace ends)
+
+        async def _async_handle_timeout(self, timeout, cell=None):
+            now = time.monotonic()
+            if self._stopping is None or self._stopping[0] is not cell:
+                self._stopping = (cell, now + INTERRUPT_GRACE)
+                await ensure_async(self.km.interrupt_kernel())
+                return None
+            if now > self._stopping[1]:
+                raise CellTimeoutError.error_from_timeout_and_cell("Cell execution timed out", timeout, cell)
+            await asyncio.sleep(0.2)  # nbclient asks again at once: wait for the reply to the interrupt
+            return None
+
+    return InterruptOnceClient
+
+
 def grade_notebook(path, timeout=600, kernel_name="python3"):
     """Execute the notebook at ``path`` in a fresh kernel and grade every exercise it holds.
 
@@ -647,14 +694,16 @@ def grade_notebook(path, timeout=600, kernel_name="python3"):
     report = nbformat.v4.new_code_cell(_REPORT_CELL.format(names=names, token=token, seconds=timeout))
     nb.cells.append(report)
     # the grading cell may take each check's time limit, and then some: it must not be the cell that is stopped
-    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, allow_errors=True,
-                            interrupt_on_timeout=True,
-                            timeout_func=lambda cell: (timeout * (len(names) + 1) if cell is report else timeout),
-                            resources={"metadata": {"path": os.path.dirname(os.path.abspath(str(path)))}})
+    client = _client_class()(nb, timeout=timeout, kernel_name=kernel_name, allow_errors=True,
+                             interrupt_on_timeout=True,
+                             timeout_func=lambda cell: (timeout and timeout * (len(names) + 1) if cell is report
+                                                        else timeout),
+                             resources={"metadata": {"path": os.path.dirname(os.path.abspath(str(path)))}})
     try:
         client.execute(stderr=subprocess.DEVNULL)
     except CellTimeoutError as exc:
-        grade.error = f"a cell ran longer than {timeout} s (an endless loop?): {str(exc).splitlines()[0]}"
+        grade.error = (f"a cell ran longer than {timeout} s and did not stop when interrupted (an endless loop that "
+                       f"catches KeyboardInterrupt, or one in compiled code?): {str(exc).splitlines()[0]}")
     except DeadKernelError as exc:
         grade.error = f"the kernel died while running the notebook: {exc}"
     except Exception as exc:

@@ -18,7 +18,8 @@ class _Pool:
 
     _forward = None  # set by subclasses to a functional forward/backward pair
     _backward = None
-    _options = ()  # the names of the options that the functions take, in the constructor's order
+    _options = ()  # the names of the constructor's options, in its order (and the repr's)
+    _layer_only = ()  # those of them that the functions do not take
 
     def __init__(self, **options):
         if options.get("stride", False) is None:
@@ -30,10 +31,10 @@ class _Pool:
     @property
     def options(self):
         """The keyword arguments this layer passes to its functions (read from the attributes)."""
-        return {name: getattr(self, name) for name in self._options}
+        return {name: getattr(self, name) for name in self._options if name not in self._layer_only}
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._options)
         return f"{type(self).__name__}({args})"
 
     def forward(self, x):
@@ -77,18 +78,14 @@ class MaxPool2d(_Pool):
 
     _forward = staticmethod(F.max_pool2d)
     _backward = staticmethod(F.max_pool2d_backward)
-    _options = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "layout", "backend")
+    _options = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode", "layout", "backend")
+    _layer_only = ("return_indices",)  # the forward always keeps the indices; this says whether it returns them
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False,
                  layout="NCHW", backend="auto"):
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                          return_indices=return_indices, ceil_mode=ceil_mode, layout=layout, backend=backend)
         self._indices = None
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._options[:4] + ("return_indices",)
-                         + self._options[4:])
-        return f"{type(self).__name__}({args})"
 
     def forward(self, x):
         """Pool ``x`` and remember it and its winners' indices for :meth:`backward`; with ``return_indices``,
@@ -133,6 +130,8 @@ class GlobalMaxPool2d(_Pool):
     and ``backward`` routes the gradient by them.
     """
 
+    _forward = staticmethod(F.global_max_pool2d)
+    _backward = staticmethod(F.global_max_pool2d_backward)
     _options = ("layout", "backend")
 
     def __init__(self, layout="NCHW", backend="auto"):
@@ -141,19 +140,15 @@ class GlobalMaxPool2d(_Pool):
 
     def forward(self, x):
         """Pool ``x`` and remember it and its winners' indices for :meth:`backward`."""
-        x_checked, plane = F._global_kernel(x, self.layout)
-        out, indices = F.max_pool2d(x_checked, plane, return_indices=True, **self.options)
-        self._x, self._indices = x_checked, indices
-        return F._squeeze(out, self.layout)
+        out, indices = type(self)._forward(x, **self.options, return_indices=True)
+        self._x, self._indices = x, indices
+        return out
 
     __call__ = forward
 
     def backward(self, grad_out):
         """Gradient of the loss with respect to the input of the last :meth:`forward` call."""
-        x = self._cached_x()
-        _, plane = F._global_kernel(x, self.layout)
-        return F.max_pool2d_backward(F._unsqueeze(grad_out, x, self.layout), x, plane, indices=self._indices,
-                                     **self.options)
+        return type(self)._backward(grad_out, self._cached_x(), **self.options, indices=self._indices)
 
 
 class GlobalAvgPool2d(_Pool):

@@ -41,7 +41,8 @@ def _as_int(value, name):
     Accepts Python and NumPy integers; rejects bools, floats (even 2.0) and everything else.
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r} of type {type(value).__name__}")
+        raise TypeError(f"{name} must be an int or a tuple of one or two ints, got {value!r} of type "
+                        f"{type(value).__name__}")
     return operator.index(value)
 
 
@@ -64,7 +65,7 @@ def as_pair(value, name):
                              f"{len(value)}: {value!r}")
         return (_as_int(value[0], name), _as_int(value[1], name))
     if isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be an int or a pair of ints, got an array; pass a tuple instead")
+        raise TypeError(f"{name} must be an int or a tuple of one or two ints, got an array; pass a tuple instead")
     v = _as_int(value, name)
     return (v, v)
 

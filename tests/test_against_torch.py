@@ -352,11 +352,12 @@ def test_global_pooling_matches_torch(i, backend):
     assert_same_bits(out, t_out.detach().numpy()[:, :, 0, 0], err_msg="global max")
     assert_identical(pl.global_max_pool2d_backward(g, x, layout=layout, backend=backend), from_torch(t.grad, layout),
                      err_msg="global max gradient")
-    # the winner indices, through the windowed function with one plane-sized window
-    H, W = (x.shape[2], x.shape[3]) if layout == "NCHW" else (x.shape[1], x.shape[2])
-    _, ind = pl.max_pool2d(x, (H, W), return_indices=True, layout=layout, backend=backend)
-    ind = ind[:, :, 0, 0] if layout == "NCHW" else ind[:, 0, 0, :]
+    # the winner indices, and the backward that routes by them
+    out_i, ind = pl.global_max_pool2d(x, layout=layout, backend=backend, return_indices=True)
+    assert_same_bits(out_i, out, err_msg="global max with indices")
     assert_identical(ind, t_ind.numpy()[:, :, 0, 0], err_msg="global max indices")
+    assert_identical(pl.global_max_pool2d_backward(g, x, layout=layout, backend=backend, indices=ind),
+                     from_torch(t.grad, layout), err_msg="global max gradient from indices")
 
     t = to_torch(x, layout)
     t_out = TF.adaptive_avg_pool2d(t, 1)

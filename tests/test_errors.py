@@ -839,12 +839,12 @@ def test_set_num_threads_checks_its_argument():
     from pooling_lib import cython_tier
 
     for bad, exc in (("2", TypeError), (2.0, TypeError), (True, TypeError), (None, TypeError), (0, ValueError),
-                     (-1, ValueError), (2**31, ValueError)):
+                     (-1, ValueError), (cython_tier.MAX_THREADS + 1, ValueError), (2**31, ValueError)):
         with pytest.raises(exc, match="n must be a positive int"):
             cython_tier.set_num_threads(bad)
     previous = cython_tier.set_num_threads(np.int64(2))
     try:
-        assert cython_tier.set_num_threads(2**31 - 1) == 2
+        assert cython_tier.set_num_threads(cython_tier.MAX_THREADS) == 2
     finally:
         cython_tier.set_num_threads(previous)
 
@@ -867,3 +867,14 @@ def test_global_pooling_of_an_empty_plane_names_x(func, shape):
 def test_a_ragged_list_names_x():
     with pytest.raises(ValueError, match="x must be an array, or nested lists of numbers with one shape"):
         pl.max_pool2d([[[[1.0, 2.0], [3.0]]]], 1)
+
+
+def test_global_max_indices_are_checked():
+    x = np.zeros((2, 3, 4, 4))
+    for bad, exc, rule in ((np.zeros((2, 3, 1, 1), np.int64), ValueError, "indices must have the shape"),
+                           (np.zeros((3, 2), np.int64), ValueError, "indices must have the shape"),
+                           ([[0, 0, 0], [0, 0, 0]], TypeError, "indices must be a NumPy array"),
+                           (np.full((2, 3), 16, np.int64), ValueError, "indices"),
+                           (np.zeros((2, 3)), TypeError, "indices")):
+        with pytest.raises(exc, match=rule):
+            pl.global_max_pool2d_backward(np.ones((2, 3)), x, indices=bad)

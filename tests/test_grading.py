@@ -162,7 +162,7 @@ def test_calling_pooling_lib_is_not_writing_it():
 
 
 def test_the_rule_against_calling_pooling_lib_counts_when_answers_are_wrong():
-    # index.md: each case is a check, and so is the rule against calling pooling_lib, passed or not the cases
+    # index.md: each case is a check, and so is the rule against calling pooling_lib once a case passes
     def max_pool_backward(grad_out, x, kernel_size, stride, padding):  # = instead of +=
         grad = np.zeros_like(x)
         xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), constant_values=-np.inf)
@@ -205,6 +205,23 @@ def test_a_check_that_runs_too_long_is_stopped():
     result = grading._check_in_time("output_size", output_size, 0.5)
     assert result.status == "failed" and result.score == 0.0
     assert "did not finish within 0.5 s" in result.message
+
+
+def test_a_check_in_time_leaves_the_callers_timer_and_handler_as_they_were():
+    import signal
+
+    def handler(signum, frame):
+        raise AssertionError("the outer timer fired during the test")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 100.0)
+    try:
+        assert grading._check_in_time("max_pool_forward", SOLUTIONS["max_pool_forward"], 30).passed
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 90.0 < left < 100.0 and signal.getsignal(signal.SIGALRM) is handler
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_a_check_in_time_gives_the_check_result():

@@ -354,13 +354,21 @@ def test_notebooks_that_cannot_be_graded(tmp_path):
     unreadable.write_text("{not json")
     nothing = tmp_path / "notes.ipynb"
     nbformat.write(_nb("print('hello')"), nothing)
-    endless = _filled("ex02_windows_and_output_sizes.ipynb", "    raise NotImplementedError()", tmp_path,
-                      "endless.ipynb", extra_cells=["while True:\n    pass"])
-    code, stdout = _grade("--timeout", "3", unreadable, nothing, endless)
+    # an endless cell that ignores the interrupt (as C code would): the run ends (it used to wait forever)
+    stubborn = _filled("ex02_windows_and_output_sizes.ipynb", "    raise NotImplementedError()", tmp_path,
+                       "stubborn.ipynb", extra_cells=["import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                                      "while True:\n    pass"])
+    code, stdout = _grade("--json", "-", "--timeout", "3", unreadable, nothing, stubborn)
     assert code == 2
-    assert "cannot read the notebook" in stdout
-    assert "no homework exercise found" in stdout
-    assert "ran longer than 3 s" in stdout
+    grades = _json_results(stdout)
+    assert "cannot read the notebook" in grades["broken.ipynb"]["error"]
+    assert "no homework exercise found" in grades["notes.ipynb"]["error"]
+    assert grades["stubborn.ipynb"]["error"].startswith("a cell ran longer than 3 s and did not stop when interrupted")
+
+
+def test_no_time_limit(tmp_path):
+    grade = grading.grade_notebook(SOURCE_DIR / "ex02_windows_and_output_sizes.ipynb", timeout=None)
+    assert not grade.error and grade.passed, grade
 
 
 ENDLESS_ADAPTIVE = "def adaptive_avg_pool2d(x, output_size):\n    while True:\n        pass"
