@@ -107,13 +107,13 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     x : ndarray of shape (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``
         float32 and float64 keep their dtype; other real dtypes are converted to float64 (PyTorch keeps an integer
         or float16 dtype; the conversion is exact for integers of magnitude up to 2**53).
-    kernel_size : int or (int, int)
-        Window height and width ``k``.
-    stride : int or (int, int) or None
-        Step ``s`` between windows; ``None`` (the default) means ``kernel_size``.
-    padding : int or (int, int)
+    kernel_size : int or tuple of one or two ints
+        Window height and width ``k`` (a 1-tuple stands for both, as in PyTorch; every size is at most 2**31 - 1).
+    stride : int or tuple of one or two ints or None
+        Step ``s`` between windows; ``None`` (the default) or an empty tuple or list means ``kernel_size``.
+    padding : int or tuple of one or two ints
         Implicit padding ``p`` on each side, at most ``kernel_size // 2``. Padding never wins a maximum.
-    dilation : int or (int, int)
+    dilation : int or tuple of one or two ints
         Spacing ``d`` between a window's taps.
     ceil_mode : bool
         Round the output size up (a window that would start in the right padding is still dropped).
@@ -122,7 +122,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     layout : {"NCHW", "NHWC"}
         Layout of ``x`` and of every array returned.
     backend : {"auto", "naive", "numpy", "cython"}
-        Implementation tier; ``"auto"`` is the fastest available. All give bit-identical results.
+        Implementation tier; ``"auto"`` is the fastest available. All give bit-identical results (for average
+        pooling, except the sign of a NaN made from NaNs of both signs).
 
     Returns
     -------
@@ -138,7 +139,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
     Notes
     -----
-    Ties go to the first maximum in row-major window order; a NaN in a window is its maximum.
+    Ties go to the first maximum in row-major window order; a NaN in a window is its maximum (the last NaN, when
+    there are several, as in PyTorch).
 
     Examples
     --------
@@ -163,7 +165,8 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilati
                         layout="NCHW", backend="auto", indices=None):
     """Gradient of :func:`max_pool2d` with respect to ``x``.
 
-    Each window's ``grad_out`` is routed to the window's one winner (the first maximum; a NaN if there is one);
+    Each window's ``grad_out`` is routed to the window's one winner (the first maximum; the last NaN if there is
+    one);
     a cell that wins several overlapping windows receives the sum, added window after window in row-major order.
 
     Without ``indices`` the winners are found again from ``x``. With the ``indices`` that the forward returned
@@ -366,7 +369,8 @@ def global_max_pool2d(x, layout="NCHW", backend="auto", return_indices=False):
 
 
 def global_max_pool2d_backward(grad_out, x, layout="NCHW", backend="auto", indices=None):
-    """Gradient of :func:`global_max_pool2d`: each ``grad_out[n, c]`` goes to the plane's first maximum only, or,
+    """Gradient of :func:`global_max_pool2d`: each ``grad_out[n, c]`` goes to the plane's winner only (its first
+    maximum, or its last NaN), or,
     given the forward's ``indices``, to the cell they name (as :func:`max_pool2d_backward` does).
 
     Examples

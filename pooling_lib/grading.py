@@ -669,7 +669,8 @@ def grade_notebook(path, timeout=600, kernel_name="python3"):
 
     Cells that raise do not stop the run (a half-done notebook still gets the points it earned). ``timeout`` is
     per cell, in seconds: generous, because the Cython exercise compiles. A cell that runs longer is interrupted
-    and the run goes on (``NotebookGrade.notes`` says which); in the grading cell, each exercise's check gets
+    and the run goes on (``NotebookGrade.notes`` says which), unless the cell is still running ``INTERRUPT_GRACE``
+    seconds later: then the notebook cannot be graded (``NotebookGrade.error``); in the grading cell, each exercise's check gets
     ``timeout`` seconds of its own, so an endless loop fails its own exercise only. Returns a
     :class:`NotebookGrade`.
     """
@@ -750,8 +751,9 @@ def main(argv=None):
     """``python -m pooling_lib.grading NOTEBOOK.ipynb [MORE.ipynb ...]``: grade notebooks, print the scores.
 
     Exit status: 0 when every check of every notebook passed, 1 when any failed or is not implemented,
-    2 when a notebook could not be graded at all (unreadable, no exercise, kernel died, or the grading cell itself
-    stopped at its time limit). A student's cell that runs past the limit is stopped, and the run goes on.
+    2 when a notebook could not be graded at all (unreadable, no exercise, kernel died, a cell still running
+    ``INTERRUPT_GRACE`` seconds after its time limit interrupted it, or a grading cell that did not report). A
+    student's cell that stops when interrupted at the limit does not stop the run.
     """
     parser = argparse.ArgumentParser(
         prog="python -m pooling_lib.grading",

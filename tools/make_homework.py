@@ -264,7 +264,9 @@ Open a notebook, read the chapter it names, and in each exercise replace `raise 
 code. Run the check cell under the exercise: it calls your function on a battery of small cases and, if one
 fails, shows the input, the expected and the actual result, and a hint naming the likely mistake. A function
 that still raises `NotImplementedError` on every case is reported as "not implemented yet"; one that raises it on
-some cases only earns the share of the cases it gets right.
+some cases only earns the share of the checks it passes (each case is a check, and so is the rule below, once a
+case passes). Write the code yourself: a function that calls `pooling_lib`'s pooling code or uses PyTorch, in any
+case, earns no credit (see `book/exercises/index.md`).
 
 ## Teachers
 
@@ -277,7 +279,7 @@ python -m pooling_lib.grading --json grades.json submissions/*.ipynb   # also a 
 
 Each notebook is executed from top to bottom in a fresh kernel, then every exercise's check is run again by the
 grader on the functions the notebook defined. The command prints a score per exercise and a total, and exits
-with status 0 only when every check passed (1 when one failed, 2 when a notebook could not be run). The grader
+with status 0 only when every check passed (1 when one failed, 2 when a notebook could not be graded). The grader
 is not a sandbox: a notebook's code runs in the kernel the checks run in (see `book/exercises/index.md`).
 """
 
