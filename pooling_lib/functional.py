@@ -326,25 +326,14 @@ def _squeeze(out, layout):
     return out[:, :, 0, 0] if layout == "NCHW" else out[:, 0, 0, :]
 
 
-def _unsqueeze(grad_out, x, layout):
-    """Check a global pooling's ``grad_out`` against ``(N, C)`` and give it the pooled 4-D shape."""
+def _unsqueeze(array, name, x, layout):
+    """Check a global pooling's ``(N, C)`` array named ``name`` (``grad_out``, or the forward's ``indices``)
+    against ``x``, and give it the pooled 4-D shape: the inverse of :func:`_squeeze`."""
     n, c = (x.shape[0], x.shape[1]) if layout == "NCHW" else (x.shape[0], x.shape[3])
-    grad_out = check_input(grad_out, "grad_out", ndim=2)
-    if grad_out.shape != (n, c):
-        raise ValueError(f"grad_out must have the shape of the global pooling output (N, C) = {(n, c)}, "
-                         f"got {grad_out.shape}")
-    return grad_out[:, :, None, None] if layout == "NCHW" else grad_out[:, None, None, :]
-
-
-def _global_indices(indices, x, layout):
-    """Check a global max pooling's ``indices`` against ``(N, C)`` and give them the pooled 4-D shape."""
-    n, c = (x.shape[0], x.shape[1]) if layout == "NCHW" else (x.shape[0], x.shape[3])
-    if not isinstance(indices, np.ndarray):
-        raise TypeError(f"indices must be a NumPy array of int64, got {type(indices).__name__}")
-    if indices.shape != (n, c):
-        raise ValueError(f"indices must have the shape of the global pooling output (N, C) = {(n, c)}, "
-                         f"got {indices.shape}")
-    return indices[:, :, None, None] if layout == "NCHW" else indices[:, None, None, :]
+    if array.shape != (n, c):
+        raise ValueError(f"{name} must have the shape of the global pooling output (N, C) = {(n, c)}, "
+                         f"got {array.shape}")
+    return array[:, :, None, None] if layout == "NCHW" else array[:, None, None, :]
 
 
 def global_max_pool2d(x, layout="NCHW", backend="auto", return_indices=False):
@@ -370,8 +359,8 @@ def global_max_pool2d(x, layout="NCHW", backend="auto", return_indices=False):
 
 def global_max_pool2d_backward(grad_out, x, layout="NCHW", backend="auto", indices=None):
     """Gradient of :func:`global_max_pool2d`: each ``grad_out[n, c]`` goes to the plane's winner only (its first
-    maximum, or its last NaN), or,
-    given the forward's ``indices``, to the cell they name (as :func:`max_pool2d_backward` does).
+    maximum, or its last NaN), or, given the forward's ``indices``, to the cell they name (as
+    :func:`max_pool2d_backward` does).
 
     Examples
     --------
@@ -381,10 +370,12 @@ def global_max_pool2d_backward(grad_out, x, layout="NCHW", backend="auto", indic
              [0., 0.]]]])
     """
     x, kernel = _global_kernel(x, layout)
+    grad_out = _unsqueeze(check_input(grad_out, "grad_out", ndim=2), "grad_out", x, layout)
     if indices is not None:
-        indices = _global_indices(indices, x, layout)
-    return max_pool2d_backward(_unsqueeze(grad_out, x, layout), x, kernel, layout=layout, backend=backend,
-                               indices=indices)
+        if not isinstance(indices, np.ndarray):
+            raise TypeError(f"indices must be a NumPy array of int64, got {type(indices).__name__}")
+        indices = _unsqueeze(indices, "indices", x, layout)
+    return max_pool2d_backward(grad_out, x, kernel, layout=layout, backend=backend, indices=indices)
 
 
 def global_avg_pool2d(x, layout="NCHW", backend="auto"):
@@ -414,4 +405,5 @@ def global_avg_pool2d_backward(grad_out, x, layout="NCHW", backend="auto"):
              [1., 1.]]]])
     """
     x, kernel = _global_kernel(x, layout)
-    return avg_pool2d_backward(_unsqueeze(grad_out, x, layout), x, kernel, layout=layout, backend=backend)
+    grad_out = _unsqueeze(check_input(grad_out, "grad_out", ndim=2), "grad_out", x, layout)
+    return avg_pool2d_backward(grad_out, x, kernel, layout=layout, backend=backend)
