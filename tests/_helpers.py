@@ -30,6 +30,16 @@ def running_in_ci():
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def run_on_threads(monkeypatch, n):
+    """Make every compiled call of the current test use ``n`` threads, whatever its input's size
+    (``SMALL_WORK = 0``); ``monkeypatch`` restores the tier's thread count and threshold at teardown."""
+    from pooling_lib import cython_tier
+
+    monkeypatch.setattr(cython_tier, "SMALL_WORK", 0)
+    monkeypatch.setattr(cython_tier, "_num_threads", cython_tier.get_num_threads())  # put back at teardown
+    cython_tier.set_num_threads(n)
+
+
 def import_torch():
     """PyTorch, the oracle: without it the caller (a test, or a whole module at import) is skipped, visibly; under
     CI a missing or broken torch FAILS instead, so that a broken install cannot switch the cross-checks off."""

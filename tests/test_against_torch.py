@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import pooling_lib as pl
-from _helpers import BACKENDS, assert_identical, assert_same_bits, has_empty_window, import_torch, nans, to_layout
+from _helpers import (BACKENDS, assert_identical, assert_same_bits, has_empty_window, import_torch, nans,
+                      run_on_threads, to_layout)
 
 torch = import_torch()
 
@@ -216,42 +217,38 @@ def test_streamed_paths_match_torch_bitwise(monkeypatch, shape, kw, dtype, layou
     streamed must be redone by the scatter. Min pooling's forward is checked against the NumPy tier."""
     ct = pytest.importorskip("pooling_lib.cython_tier")
     monkeypatch.setattr(ct, "STREAM_MIN_BYTES", 0)
-    monkeypatch.setattr(ct, "SMALL_WORK", 0)             # so that two threads really share the planes
-    previous = ct.set_num_threads(threads)
-    try:
-        rng = np.random.default_rng(list(shape) + [threads])
-        x = rng.integers(-2, 3, shape).astype(dtype)
-        x[0, 0, 5:9, 3:7] = np.nan
-        t = to_torch(x, "NCHW")
-        out, ind = TF.max_pool2d(t, **kw, return_indices=True)
-        to = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
-        xl = to(x) if layout == "NHWC" else x
-        ours, ours_ind = pl.max_pool2d(xl, **kw, layout=layout, backend="cython", return_indices=True)
-        assert_identical(ours, from_torch(out, layout), err_msg="forward values")
-        assert_identical(ours_ind, from_torch(ind, layout), err_msg="forward indices")
-        for backend in ("cython", "numpy"):
-            mins = pl.min_pool2d(xl, **kw, layout=layout, backend=backend, return_indices=True)
-            if backend == "cython":
-                expected_mins = mins
-            else:
-                assert_identical(expected_mins[0], mins[0], err_msg="min values")
-                assert_identical(expected_mins[1], mins[1], err_msg="min indices")
-        indices = ind.numpy().copy()
-        if stray:
-            indices[1, 2, -1, -1] = 0                     # the last window of the last plane points at cell (0, 0)
-            indices[0, 1, 3, :] = shape[2] * shape[3] - 1
-        g = rng.standard_normal(indices.shape).astype(dtype)
-        g[:, :, ::3] = -0.0
-        ka = {"ceil_mode": False, "dilation": 1, **kw}
-        expected = _aten_backward(g, x, ka, indices, "NCHW")
-        if layout == "NHWC":
-            grad = pl.max_pool2d_backward(to(g), to(x), **kw, layout="NHWC", backend="cython", indices=to(indices))
-            grad = grad.transpose(0, 3, 1, 2)
+    run_on_threads(monkeypatch, threads)                 # so that two threads really share the planes
+    rng = np.random.default_rng(list(shape) + [threads])
+    x = rng.integers(-2, 3, shape).astype(dtype)
+    x[0, 0, 5:9, 3:7] = np.nan
+    t = to_torch(x, "NCHW")
+    out, ind = TF.max_pool2d(t, **kw, return_indices=True)
+    to = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
+    xl = to(x) if layout == "NHWC" else x
+    ours, ours_ind = pl.max_pool2d(xl, **kw, layout=layout, backend="cython", return_indices=True)
+    assert_identical(ours, from_torch(out, layout), err_msg="forward values")
+    assert_identical(ours_ind, from_torch(ind, layout), err_msg="forward indices")
+    for backend in ("cython", "numpy"):
+        mins = pl.min_pool2d(xl, **kw, layout=layout, backend=backend, return_indices=True)
+        if backend == "cython":
+            expected_mins = mins
         else:
-            grad = pl.max_pool2d_backward(g, x, **kw, backend="cython", indices=indices)
-        assert_identical(grad, expected)
-    finally:
-        ct.set_num_threads(previous)
+            assert_identical(expected_mins[0], mins[0], err_msg="min values")
+            assert_identical(expected_mins[1], mins[1], err_msg="min indices")
+    indices = ind.numpy().copy()
+    if stray:
+        indices[1, 2, -1, -1] = 0                     # the last window of the last plane points at cell (0, 0)
+        indices[0, 1, 3, :] = shape[2] * shape[3] - 1
+    g = rng.standard_normal(indices.shape).astype(dtype)
+    g[:, :, ::3] = -0.0
+    ka = {"ceil_mode": False, "dilation": 1, **kw}
+    expected = _aten_backward(g, x, ka, indices, "NCHW")
+    if layout == "NHWC":
+        grad = pl.max_pool2d_backward(to(g), to(x), **kw, layout="NHWC", backend="cython", indices=to(indices))
+        grad = grad.transpose(0, 3, 1, 2)
+    else:
+        grad = pl.max_pool2d_backward(g, x, **kw, backend="cython", indices=indices)
+    assert_identical(grad, expected)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -268,25 +265,21 @@ def test_avg_backward_streamed_matches_torch(monkeypatch, shape, kw, dtype, thre
     of the ordinary path, and PyTorch's gradient bit for bit: each cell gets ``0 + g / divisor`` from each window
     that covers it, in row-major window order (so a -0.0 gradient comes out +0.0, as the sum from zero gives)."""
     ct = pytest.importorskip("pooling_lib.cython_tier")
-    monkeypatch.setattr(ct, "SMALL_WORK", 0)             # so that two threads really share the planes
-    previous = ct.set_num_threads(threads)
-    try:
-        rng = np.random.default_rng(list(shape) + [threads])
-        x = rng.standard_normal(shape).astype(dtype)
-        t = to_torch(x, "NCHW").requires_grad_(True)
-        out = TF.avg_pool2d(t, **kw)
-        g = rng.standard_normal(tuple(out.shape)).astype(dtype)
-        g[:, :, ::3] = -0.0
-        out.backward(torch.from_numpy(g))
-        expected = t.grad.numpy()
-        monkeypatch.setattr(ct, "STREAM_MIN_BYTES", 2**62)
-        plain = pl.avg_pool2d_backward(g, x, **kw, backend="cython")
-        monkeypatch.setattr(ct, "STREAM_MIN_BYTES", 0)
-        streamed = pl.avg_pool2d_backward(g, x, **kw, backend="cython")
-        assert_identical(streamed, plain, err_msg="streamed against ordinary stores")
-        assert_identical(streamed, expected, err_msg="against PyTorch")
-    finally:
-        ct.set_num_threads(previous)
+    run_on_threads(monkeypatch, threads)                 # so that two threads really share the planes
+    rng = np.random.default_rng(list(shape) + [threads])
+    x = rng.standard_normal(shape).astype(dtype)
+    t = to_torch(x, "NCHW").requires_grad_(True)
+    out = TF.avg_pool2d(t, **kw)
+    g = rng.standard_normal(tuple(out.shape)).astype(dtype)
+    g[:, :, ::3] = -0.0
+    out.backward(torch.from_numpy(g))
+    expected = t.grad.numpy()
+    monkeypatch.setattr(ct, "STREAM_MIN_BYTES", 2**62)
+    plain = pl.avg_pool2d_backward(g, x, **kw, backend="cython")
+    monkeypatch.setattr(ct, "STREAM_MIN_BYTES", 0)
+    streamed = pl.avg_pool2d_backward(g, x, **kw, backend="cython")
+    assert_identical(streamed, plain, err_msg="streamed against ordinary stores")
+    assert_identical(streamed, expected, err_msg="against PyTorch")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import pooling_lib as pl
-from _helpers import assert_identical, assert_same_bits, compiled_builds, has_empty_window, import_torch, nans
+from _helpers import (assert_identical, assert_same_bits, compiled_builds, has_empty_window, import_torch, nans,
+                      run_on_threads)
 
 cython_tier = pytest.importorskip("pooling_lib.cython_tier", reason="the compiled tier is not built")
 
@@ -103,19 +104,14 @@ def recording(request, monkeypatch):
 @pytest.mark.parametrize("i", range(N_CONFIGS), ids=_describe)
 def test_fallback_kernels_match_torch_bitwise(recording, monkeypatch, i):
     x, kw, threads = make_case(i)
-    if threads == 2:
-        monkeypatch.setattr(cython_tier, "SMALL_WORK", 0)
-    previous = cython_tier.set_num_threads(threads)
-    try:
-        for op, pool in (("max", pl.max_pool2d), ("min", pl.min_pool2d)):
-            recording.calls.clear()
-            out, ind = pool(x, **kw, return_indices=True, backend="cython")
-            assert recording.calls == [(FALLBACK[op], threads)], f"{op}: ran {recording.calls}"
-            t_out, t_ind = torch_pool(x, kw, op)
-            assert_same_bits(out, t_out, err_msg=f"{op} values")
-            assert_identical(ind, t_ind, err_msg=f"{op} indices")
-    finally:
-        cython_tier.set_num_threads(previous)
+    run_on_threads(monkeypatch, threads)
+    for op, pool in (("max", pl.max_pool2d), ("min", pl.min_pool2d)):
+        recording.calls.clear()
+        out, ind = pool(x, **kw, return_indices=True, backend="cython")
+        assert recording.calls == [(FALLBACK[op], threads)], f"{op}: ran {recording.calls}"
+        t_out, t_ind = torch_pool(x, kw, op)
+        assert_same_bits(out, t_out, err_msg=f"{op} values")
+        assert_identical(ind, t_ind, err_msg=f"{op} indices")
 
 
 def test_the_configurations_cover_the_features():

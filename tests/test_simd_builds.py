@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import pooling_lib.functional as F
-from _helpers import compiled_builds
+from _helpers import compiled_builds, run_on_threads
 
 cython_tier = pytest.importorskip("pooling_lib.cython_tier", reason="the compiled tier is not built")
 
@@ -121,12 +121,10 @@ def build(request, monkeypatch):
     return request.param
 
 
-def _on_two_threads(request, monkeypatch):
+def _on_two_threads(monkeypatch):
     """Run the compiled calls of this test on two threads, whatever the input's size (``SMALL_WORK = 0``), and
     record the thread count each call chose: returns the list, to check after the calls that it holds only 2s."""
-    monkeypatch.setattr(cython_tier, "SMALL_WORK", 0)
-    previous = cython_tier.set_num_threads(2)
-    request.addfinalizer(lambda: cython_tier.set_num_threads(previous))
+    run_on_threads(monkeypatch, 2)
     chosen = []
     threads_for = cython_tier._threads_for
 
@@ -160,9 +158,9 @@ SHAPE_KINDS = ([pytest.param(shape_id, kind, id=f"{kind}-{shape_id}")
 
 @pytest.mark.parametrize("shape_id, kind", SHAPE_KINDS)
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_each_build_matches_numpy_tier(build, request, monkeypatch, config, kind, shape_id, dtype, layout):
+def test_each_build_matches_numpy_tier(build, monkeypatch, config, kind, shape_id, dtype, layout):
     shape, threads, streamed = SHAPES[shape_id]
-    chosen = _on_two_threads(request, monkeypatch) if threads == 2 else None
+    chosen = _on_two_threads(monkeypatch) if threads == 2 else None
     if streamed:
         monkeypatch.setattr(cython_tier, "STREAM_MIN_BYTES", 0)
     x = _input(kind, dtype, layout, shape)
