@@ -83,7 +83,8 @@ def kernel_extension(name):
         # NPY_TARGET_VERSION 1.22: the oldest NumPy API with PyDataMem_SetHandler (_buffers). NumPy 2.2 (the
         # newest on Python 3.10) targets 1.21 by default, which leaves that function undeclared: the module would
         # build and then fail to import.
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                       ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")],
         optional=True,
     )
 

@@ -19,6 +19,8 @@ Everything here runs on tiny arrays, so plain loops are fine and easy to read.
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import numbers
 import os
@@ -344,22 +346,15 @@ def _watched_files():
 TORCH = "torch"  # what call_watched records for any use of PyTorch, whose pooling is an answer too
 
 
+@functools.lru_cache(maxsize=None)
 def _torch_dir():
-    """The directory of the installed ``torch`` package (found without importing it), or None."""
-    global _TORCH_DIR
-    if _TORCH_DIR is False:
-        import importlib.util
-
-        try:
-            spec = importlib.util.find_spec("torch")
-        except (ImportError, ValueError):
-            spec = None
-        locations = list(spec.submodule_search_locations or []) if spec is not None else []
-        _TORCH_DIR = os.path.join(locations[0], "") if locations else None
-    return _TORCH_DIR
-
-
-_TORCH_DIR = False  # not looked up yet
+    """The directory of the installed ``torch`` package (found once, without importing it), or None."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return os.path.join(locations[0], "") if locations else None
 
 
 def _is_torch(fn):

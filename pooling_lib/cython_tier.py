@@ -11,9 +11,9 @@ calls the kernel with the GIL released:
 * any other memory order is first copied to C-contiguous NCHW.
 
 Results are bit-identical to the naive tier, and so to PyTorch's CPU kernels (average pooling's backward too: a
-cell gets the shares of the windows that cover it in row-major window order, as in PyTorch). Like the other tiers, this one does no argument validation of its own, except that the backward
-from indices counts the indices outside their plane as its kernel reads them, never writing there, and raises
-the tiers' ValueError when there is one.
+cell gets the shares of the windows that cover it in row-major window order, as in PyTorch). Like the other tiers,
+this one does no argument validation of its own, except that the backward from indices counts the indices outside
+their plane as its kernel reads them, never writing there, and raises the tiers' ValueError when there is one.
 
 Max pooling with indices (NCHW) finds the winners with the backward's winner search, and the backward from indices
 (:func:`max_pool_backward_indices`) builds each plane of a large gradient (``STREAM_MIN_BYTES`` and up) without
@@ -40,6 +40,7 @@ frees it. ``set_buffer_cache(max_bytes)`` sets how much freed memory the cache m
 0 turns it off and frees it), and ``buffer_cache_info()`` reports it.
 """
 import functools
+import importlib
 import numbers
 import os
 import warnings
@@ -47,8 +48,6 @@ import warnings
 import numpy as np
 
 from .params import avg_divisors, index_error
-
-import importlib
 
 # ImportError when the extension was not built (functional then leaves this tier out). import_module says "No module
 # named 'pooling_lib._kernels'", or why it did not load; "from . import _kernels" would blame a circular import.

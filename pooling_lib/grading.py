@@ -670,9 +670,9 @@ def grade_notebook(path, timeout=600, kernel_name="python3"):
     Cells that raise do not stop the run (a half-done notebook still gets the points it earned). ``timeout`` is
     per cell, in seconds: generous, because the Cython exercise compiles. A cell that runs longer is interrupted
     and the run goes on (``NotebookGrade.notes`` says which), unless the cell is still running ``INTERRUPT_GRACE``
-    seconds later: then the notebook cannot be graded (``NotebookGrade.error``); in the grading cell, each exercise's check gets
-    ``timeout`` seconds of its own, so an endless loop fails its own exercise only. Returns a
-    :class:`NotebookGrade`.
+    seconds later: then the notebook cannot be graded (``NotebookGrade.error``). In the grading cell, each
+    exercise's check gets ``timeout`` seconds of its own, so an endless loop in Python fails its own exercise only.
+    Returns a :class:`NotebookGrade`.
     """
     import subprocess
 

@@ -852,7 +852,8 @@ def test_set_num_threads_checks_its_argument():
 def test_pool2d_output_size_refuses_half_a_pair():
     assert pl.pool2d_output_size(5, (2, 2)) == 2 and pl.pool2d_output_size((5, 7), (2, 3)) == (2, 2)
     for name, kw in (("kernel_size", dict(kernel_size=(2, 3))), ("stride", dict(kernel_size=2, stride=(1, 2))),
-                     ("padding", dict(kernel_size=2, padding=(0, 1))), ("dilation", dict(kernel_size=2, dilation=(1, 2)))):
+                     ("padding", dict(kernel_size=2, padding=(0, 1))),
+                     ("dilation", dict(kernel_size=2, dilation=(1, 2)))):
         with pytest.raises(ValueError, match=f"{name} has two different values.*input_size is one length"):
             pl.pool2d_output_size(5, **kw)
 
