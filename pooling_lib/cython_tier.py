@@ -21,7 +21,8 @@ reading it first: for 2x2 stride-2 and 3x3 stride-2 padding-1 windows (AVX2 buil
 with streaming stores; otherwise scattered in a per-thread buffer that stays in the cache and then streamed out.
 A plane whose indices are not all in their own windows is scattered instead, so any index in the plane is
 honoured, as by PyTorch. The NCHW average backward streams a large gradient the same way (2x2 stride-2 planes
-from registers, the others through the buffer).
+from registers, the others through the buffer; 3x3 stride-2 padding-1 planes are built there row by row, each cell
+written once).
 
 ``set_num_threads(n)`` sets how many OpenMP threads the kernels use (``get_num_threads()`` reads it; the
 default is OpenMP's, usually the number of cores); ``openmp_enabled()`` tells whether the extension was

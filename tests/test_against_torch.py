@@ -282,6 +282,32 @@ def test_avg_backward_streamed_matches_torch(monkeypatch, shape, kw, dtype, thre
     assert_identical(streamed, expected, err_msg="against PyTorch")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("count_include_pad, divisor_override", [(True, None), (False, None), (True, 7)])
+def test_avg_backward_3x3_stride2_pad1_matches_torch(dtype, ceil_mode, count_include_pad, divisor_override):
+    """The compiled tier has a gradient kernel of its own for 3x3 windows at stride 2 with padding 1, which writes
+    each cell once (every backend is checked here): odd and even heights and widths from 1 to 9 (so the last row
+    and column lie in one window or in two, and ceil_mode adds a window), and gradients whose magnitudes span six
+    decades, so that adding a cell's shares in another order than PyTorch's (row-major window order, from 0)
+    changes the last bits; -0.0 gradients must come out +0.0."""
+    rng = np.random.default_rng([int(ceil_mode), int(count_include_pad), np.dtype(dtype).itemsize])
+    kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+              divisor_override=divisor_override)
+    for H in range(1, 10):
+        for W in range(1, 10):
+            x = rng.standard_normal((2, 3, H, W)).astype(dtype)
+            t = to_torch(x, "NCHW")
+            out = TF.avg_pool2d(t, **kw)
+            g = (rng.standard_normal(tuple(out.shape)) * 10.0 ** rng.integers(-3, 4, tuple(out.shape)))
+            g = g.astype(dtype)
+            g[:, 1] = -0.0
+            out.backward(torch.from_numpy(g))
+            for backend in BACKENDS:
+                grad = pl.avg_pool2d_backward(g, x, **kw, backend=backend)
+                assert_identical(grad, t.grad.numpy(), err_msg=f"{backend}, H={H}, W={W}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("i", range(N_AVG_CONFIGS), ids=lambda i: _describe("avg", i))
 def test_avg_pool_matches_torch(i, backend):
