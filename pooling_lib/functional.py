@@ -395,7 +395,8 @@ def global_avg_pool2d(x, layout="NCHW", backend="auto"):
 
 
 def global_avg_pool2d_backward(grad_out, x, layout="NCHW", backend="auto"):
-    """Gradient of :func:`global_avg_pool2d`: ``grad_out[n, c] / (H * W)`` to every cell of the plane.
+    """Gradient of :func:`global_avg_pool2d`: ``grad_out[n, c] / (H * W)`` to every cell of the plane, the bits of
+    PyTorch's ``adaptive_avg_pool2d(x, 1)`` backward (the backward of a mean), -0.0 included.
 
     Examples
     --------
@@ -406,4 +407,11 @@ def global_avg_pool2d_backward(grad_out, x, layout="NCHW", backend="auto"):
     """
     x, kernel = _global_kernel(x, layout)
     grad_out = _unsqueeze(check_input(grad_out, "grad_out", ndim=2), "grad_out", x, layout)
-    return avg_pool2d_backward(grad_out, x, kernel, layout=layout, backend=backend)
+    grad = avg_pool2d_backward(grad_out, x, kernel, layout=layout, backend=backend)
+    # Each cell lies in one window, so it got 0 + grad_out / (H * W): the share itself, except that a -0.0 share
+    # became +0.0. PyTorch's mean backward divides without adding to 0, so such a plane stays -0.0.
+    share = grad_out.astype(grad.dtype) / grad.dtype.type(kernel[0] * kernel[1])
+    negative_zero = (share == 0) & np.signbit(share)
+    if negative_zero.any():
+        grad[np.broadcast_to(negative_zero, grad.shape)] = -0.0
+    return grad
