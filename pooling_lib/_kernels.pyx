@@ -3129,7 +3129,8 @@ cdef inline void _avg_row_3x3s2(floating* gr, Py_ssize_t W, Py_ssize_t out_w, co
     whose tap row the gradient row is; ``b``: NULL, or those of the next window row, whose tap row 0 the gradient
     row also is. Cell 2m is tap 1 of window m; cell 2m + 1 is tap 2 of window m, then tap 0 of window m + 1. The
     same additions as PyTorch's ``grad_x[cell] += share`` over a zeroed plane, window after window (0 + a share
-    turns -0 into +0 as they do), so the same bits, without a zeroing pass or a read-modify-write."""
+    turns -0 into +0 as they do), so the same bits (except the sign of a NaN made from NaNs of both signs, which
+    the compiler's order of operands decides), without a zeroing pass or a read-modify-write."""
     cdef Py_ssize_t m, M = (W - 1) // 2                   # out_w > M: window M exists (padding 1)
     cdef floating s, zero = 0
     if b == NULL:
