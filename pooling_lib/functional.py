@@ -405,13 +405,11 @@ def global_avg_pool2d_backward(grad_out, x, layout="NCHW", backend="auto"):
     array([[[[1., 1.],
              [1., 1.]]]])
     """
-    x, kernel = _global_kernel(x, layout)
+    x, (H, W) = _global_kernel(x, layout)
     grad_out = _unsqueeze(check_input(grad_out, "grad_out", ndim=2), "grad_out", x, layout)
-    grad = avg_pool2d_backward(grad_out, x, kernel, layout=layout, backend=backend)
-    # Each cell lies in one window, so it got 0 + grad_out / (H * W): the share itself, except that a -0.0 share
-    # became +0.0. PyTorch's mean backward divides without adding to 0, so such a plane stays -0.0.
-    share = grad_out.astype(grad.dtype) / grad.dtype.type(kernel[0] * kernel[1])
-    negative_zero = (share == 0) & np.signbit(share)
-    if negative_zero.any():
-        grad[np.broadcast_to(negative_zero, grad.shape)] = -0.0
+    _tier(backend)  # checked, but every tier's answer is this one division per plane, broadcast
+    # the backward of a mean, as PyTorch computes it: the share itself in every cell, not 0 + share as the average
+    # pooling backward adds it (which would turn a -0.0 share into +0.0)
+    grad = np.empty(x.shape, dtype=x.dtype)
+    grad[...] = grad_out.astype(x.dtype, copy=False) / x.dtype.type(H * W)
     return grad
