@@ -56,7 +56,31 @@ class _Pool:
         return type(self)._backward(grad_out, self._cached_x(), **self.options)
 
 
-class MaxPool2d(_Pool):
+class _IndexedPool(_Pool):
+    """A pool whose ``forward`` keeps the winners' indices and whose ``backward`` routes the gradient by them, as
+    PyTorch's autograd does; ``forward`` returns ``(out, indices)`` when ``return_indices`` is true."""
+
+    return_indices = False  # an attribute of MaxPool2d's own; global max pooling never returns the indices
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._indices = None
+
+    def forward(self, x):
+        """Pool ``x`` and remember it and its winners' indices for :meth:`backward`; with ``return_indices``,
+        return ``(out, indices)``."""
+        out, indices = type(self)._forward(x, **self.options, return_indices=True)
+        self._x, self._indices = x, indices
+        return (out, indices) if self.return_indices else out
+
+    __call__ = forward
+
+    def backward(self, grad_out):
+        """Gradient of the loss with respect to the input of the last :meth:`forward` call."""
+        return type(self)._backward(grad_out, self._cached_x(), **self.options, indices=self._indices)
+
+
+class MaxPool2d(_IndexedPool):
     """Max pooling layer; the options are those of :func:`pooling_lib.max_pool2d`.
 
     ``forward`` keeps the winners' indices and ``backward`` routes the gradient by them, as PyTorch does: it
@@ -85,20 +109,6 @@ class MaxPool2d(_Pool):
                  layout="NCHW", backend="auto"):
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                          return_indices=return_indices, ceil_mode=ceil_mode, layout=layout, backend=backend)
-        self._indices = None
-
-    def forward(self, x):
-        """Pool ``x`` and remember it and its winners' indices for :meth:`backward`; with ``return_indices``,
-        return ``(out, indices)``."""
-        out, indices = type(self)._forward(x, **self.options, return_indices=True)
-        self._x, self._indices = x, indices
-        return (out, indices) if self.return_indices else out
-
-    __call__ = forward
-
-    def backward(self, grad_out):
-        """Gradient of the loss with respect to the input of the last :meth:`forward` call."""
-        return type(self)._backward(grad_out, self._cached_x(), **self.options, indices=self._indices)
 
 
 class MinPool2d(MaxPool2d):
@@ -123,7 +133,7 @@ class AvgPool2d(_Pool):
                          layout=layout, backend=backend)
 
 
-class GlobalMaxPool2d(_Pool):
+class GlobalMaxPool2d(_IndexedPool):
     """Global max pooling layer: ``(N, C, H, W) -> (N, C)``.
 
     Like :class:`MaxPool2d`, ``forward`` keeps the winners' indices (max pooling with one window over the plane)
@@ -136,19 +146,6 @@ class GlobalMaxPool2d(_Pool):
 
     def __init__(self, layout="NCHW", backend="auto"):
         super().__init__(layout=layout, backend=backend)
-        self._indices = None
-
-    def forward(self, x):
-        """Pool ``x`` and remember it and its winners' indices for :meth:`backward`."""
-        out, indices = type(self)._forward(x, **self.options, return_indices=True)
-        self._x, self._indices = x, indices
-        return out
-
-    __call__ = forward
-
-    def backward(self, grad_out):
-        """Gradient of the loss with respect to the input of the last :meth:`forward` call."""
-        return type(self)._backward(grad_out, self._cached_x(), **self.options, indices=self._indices)
 
 
 class GlobalAvgPool2d(_Pool):
