@@ -3220,13 +3220,11 @@ cdef void _avg_backward_nchw(const floating* grad_out, floating* grad_x, const f
             gp = grad_out + plane * out_h * out_w
             gx = grad_x + plane * H * W
             out = buf if (stream and not tiled) else gx
-            if k2s2:
-                _avg_plane_2x2(gp, out, divisors, H, W, out_h, out_w, tiled)
-                if out != gx:
-                    pl_stream_copy(gx, out, H * W * sizeof(floating))
-                continue
-            if k3s2p1:
-                _avg_plane_3x3s2p1(gp, out, divisors, share, H, W, out_h, out_w)
+            if k2s2 or k3s2p1:                          # the two geometries with a plane kernel of their own
+                if k2s2:
+                    _avg_plane_2x2(gp, out, divisors, H, W, out_h, out_w, tiled)
+                else:
+                    _avg_plane_3x3s2p1(gp, out, divisors, share, H, W, out_h, out_w)
                 if out != gx:
                     pl_stream_copy(gx, out, H * W * sizeof(floating))
                 continue
